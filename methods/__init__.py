@@ -1,0 +1,25 @@
+"""Condensation methods behind one interface (see :mod:`methods.base`).
+
+Importing this package registers every method; one import line per method file below.
+"""
+
+from methods.base import (  # noqa: F401
+    ClassData,
+    CostMeter,
+    MemoryCheckpointStore,
+    Method,
+    MethodConfig,
+    MethodError,
+    RunContext,
+    StopRequested,
+    SyntheticSet,
+    SyntheticSetFormatError,
+    available_methods,
+    get_method,
+    make_generator,
+    register,
+    register_variant,
+)
+
+# --- method registry: one line per method file -------------------------------------------
+from methods import random_select  # noqa: F401,E402  registers "random"

@@ -1,0 +1,39 @@
+"""Random coreset: ``ipc`` real training images per class, drawn uniformly without replacement.
+
+Reference: the ``random`` baseline of the DC/DSA/DM papers (``get_images(c, ipc)`` per class,
+§2.11 of the reference notes). The draw comes from ``make_generator(seed)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from methods.base import ClassData, CostMeter, Method, MethodConfig, RunContext, SyntheticSet, make_generator, register
+
+
+@dataclass(frozen=True)
+class RandomConfig(MethodConfig):
+    """Random selection has no hyper-parameters."""
+
+
+@register("random", description="Random coreset: IPC real images per class, seeded")
+class RandomSelection(Method):
+    """IPC random real images per class."""
+
+    config_class = RandomConfig
+    learned = False
+
+    def condense(
+        self, real: ClassData, ipc: int, *, seed: int, context: Optional[RunContext] = None
+    ) -> SyntheticSet:
+        real.validate_ipc(ipc)
+        context = context or RunContext(device=real.device)
+        meter = CostMeter(context.device)
+        g = make_generator(seed)
+        idx = torch.cat([real.sample_indices(c, ipc, g) for c in range(real.num_classes)])
+        return self._synset(
+            real, ipc, seed, real.images[idx], real.labels[idx], meter.figures(iterations=0), indices=idx
+        )
