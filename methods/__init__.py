@@ -23,3 +23,5 @@ from methods.base import (  # noqa: F401
 
 # --- method registry: one line per method file -------------------------------------------
 from methods import random_select  # noqa: F401,E402  registers "random"
+from methods import herding  # noqa: F401,E402  registers "herding"
+from methods import kcenter  # noqa: F401,E402  registers "kcenter"
