@@ -63,7 +63,10 @@ class KCenterConfig(CoresetFeatureConfig):
     embedding of the reference ConvNet trained 20 epochs on the full training set)."""
 
 
-@register("kcenter", description="K-Center coreset: greedy farthest point per class, from the class-mean-nearest sample")
+@register(
+    "kcenter",
+    description="K-Center coreset: greedy farthest point per class, from the class-mean-nearest sample",
+)
 class KCenter(GreedyCoresetMethod):
     """K-Center greedy coreset (DC author's pseudocode), per class in a learned feature space."""
 

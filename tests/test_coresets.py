@@ -294,7 +294,8 @@ def test_feature_training_drops_lr_at_half_with_a_fresh_optimiser(monkeypatch):
 
     monkeypatch.setattr(cf, "sgd", recording_sgd)
     monkeypatch.setattr(cf, "train_epoch", counting_epoch)
-    cf.train_feature_net(real=tiny_data(), seed=0, config=HerdingConfig(feature_epochs=4, feature_batch=16), device=torch.device("cpu"))
+    config = HerdingConfig(feature_epochs=4, feature_batch=16)
+    cf.train_feature_net(tiny_data(), 0, config, device=torch.device("cpu"))
     assert created == [pytest.approx(0.01), pytest.approx(0.001)]
     # epochs 0, 1 with the first optimiser; 2, 3 with the second (drop at E // 2).
     assert epochs_seen == [1, 1, 2, 2]
