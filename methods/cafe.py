@@ -1,0 +1,657 @@
+"""CAFE: Condensing dataset by Aligning FEatures (Wang et al., CVPR 2022), reimplemented.
+
+Reference: the released code ``kaiwang960112/CAFE`` (``distill.py``, ``networks.py``), described
+in §1 of ``shared/reference/algorithms.md``. Every component is a config field so the paper's
+ablations are configs, not copies (``discrimination_weight=0`` is "without discrimination loss",
+``dynamic_bilevel=False`` is "fixed bi-level loops", ...).
+
+Loss of one image step (§1.4), for C classes, N real images and M = IPC synthetic images per
+class, through one network theta, with class means ``mean_c``:
+
+* layer-wise alignment: ``sum_l w_l * D_l``, ``D_l = sum_c || mean_c f_l(R_c) - mean_c f_l(S_c) ||^2``
+  (squared error summed over every feature element and class, no averaging: the released
+  ``MSELoss(reduction='sum')`` on class means). The aligned maps are chosen by name or index
+  from ``net.feature_names`` (ConvNet: ``block1..blockD`` before pooling, then ``pooled``);
+* ``embedding_weight * D_5``: the same squared error on the flattened embedding. It equals
+  ``D_pooled`` (f5 is f4 flattened), so with the defaults the deepest map counts twice, exactly
+  as in the released code;
+* ``discrimination_weight * sum_i CE(<f5(x_i), mu^S_c>_c, y_i)`` over every real image, with
+  ``mu^S_c`` the mean synthetic embedding of class c: un-normalised inner products, no
+  temperature, summed (not averaged) cross-entropy.
+
+Deliberate differences from the released code (none changes the image gradient):
+
+* The real branch runs under ``torch.no_grad``. Its features are targets; in the discrimination
+  term the real embeddings are constants too (the logits are bilinear in ``f5(x_i)`` and
+  ``mu^S``, and the gradient reaches the images only through ``mu^S``). The released code keeps
+  the whole real graph and backpropagates into the weights (§6: ~4x the time, ~3.5x memory).
+  ``tests/test_cafe.py`` checks that the gradient equals the one with the real graph kept.
+* The released loss also adds ``CE(net(R), y)`` of the real images. It does not depend on the
+  synthetic images and the weight gradients it produces are zeroed before any network step,
+  so it has no effect on the result: it is left out.
+* The image gradient is taken with ``torch.autograd.grad`` w.r.t. the images only, so no weight
+  gradients are computed during image steps.
+* The real batch of every class is stacked class-major and forwarded in one pass (for
+  networks without batch norm in chunks of whole classes of at most ``REAL_CHUNK_IMAGES``
+  images, which is exact because every other layer acts per sample; with batch norm in one
+  pass, so batch statistics are those of the full real batch as in the released code).
+* Randomness comes from seeded CPU generators (net init, batches, probes, DSA), not the clock.
+* The released code runs iterations 0..2000 (2001); here ``iterations`` iterations are run and
+  the lr milestones are fractions of that count (0.6/0.8/0.9 of 2000 = 1200/1600/1800).
+* The unbounded ``while`` loops are capped at ``max_loop_steps`` passes (None = unbounded as
+  released). Each firing is counted in the cost figures (``cap_fired_outer/inner``).
+* The released inner loop also evaluates the network on the synthetic set after every epoch
+  and discards the result; that pass is skipped.
+* Window entries are Python floats (the released code aliases one tensor on CPU and hangs, §6).
+
+Dynamic bi-level optimisation (§1.5), per iteration: a fresh seeded network and its SGD
+(``lr_net``, no momentum); OUTER loop: image step, probe, append to the window, break when the
+window is full and its range is ``< lambda_outer`` (checked after the image step and before the
+inner loop, so the last pass updates the images but not the network); INNER loop: one epoch of
+CE training of the network on the detached synthetic set (batch ``batch_train``, per-sample DSA
+if ``dsa``), probe, break when the window is full and its range is ``> lambda_inner``.
+
+The probe measures the network's accuracy on ``probe_per_class`` random real *training* images
+per class, in train mode (as released), without autograd; the value is the mean per-class
+accuracy. With ``probe_carryover`` the released code's accumulation is reproduced: the watched
+value is ``(previous + sum_c acc_c) / C``, reset only when a loop breaks. It is on by default
+because it changes the loops: with it every inner loop stops after exactly ``window`` epochs
+once the probe accuracy exceeds ~0.3 (the ramp of the carried value alone spans more than
+``lambda_inner``); without it the inner loops run until the cap on learnable data (see the
+measurement in ``tests/test_cafe.py::test_probe_carryover_changes_the_loops`` and the report
+of issue 4).
+
+``dynamic_bilevel=False`` replaces both loops by DC's fixed counts: ``outer_loop`` image steps
+with ``inner_loop`` epochs after every step but the last (None = DC's ``get_loops`` table by
+IPC: 1->(1,1), 10->(10,50), 20->(20,25), 30->(30,20), 40->(40,15), 50->(50,10); other IPCs use
+the entry of the largest table IPC not above them, so IPC > 50 uses (50,10) as the DC authors
+did, issue #2).
+
+Default layer weights (``layer_weights=None``): the deepest block and the pooled map weigh 1.0,
+every shallower block 0.1. For the default depth-3 ConvNet this is the released 0.1/0.1/1/1
+(f1..f4); for ConvNetD4 (64x64 inputs) it is 0.1/0.1/0.1/1/1, keeping the 0.1 weight on maps of
+16 px and more, as on 32x32 inputs.
+
+CAFE+DSA (``dsa=True``, registered as ``cafe_dsa``): each class's real and synthetic batch get
+one shared (siamese) DSA draw per image step (§1.7); inner-loop training uses per-sample DSA.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods.base import (
+    ClassData,
+    CostMeter,
+    Method,
+    MethodConfig,
+    MethodError,
+    RunContext,
+    SyntheticSet,
+    default_dsa_strategy,
+    derive_seed,
+    make_generator,
+    register,
+    register_variant,
+)
+from methods.networks import canonical_network_name, get_network, has_batchnorm
+from methods.training import sgd, train_epoch
+
+REAL_CHUNK_IMAGES = 4096
+"""Largest real batch forwarded at once (without autograd) for networks without batch norm.
+
+Whole classes are grouped up to this many images; results equal one pass over all classes
+because every layer of such networks acts per sample. Bounds memory for many classes (CIFAR100
+at 256 per class is 25,600 images)."""
+
+DC_LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+"""DC's ``get_loops`` table: IPC -> (outer_loop, inner_loop)."""
+
+LayerWeightSpec = Union[tuple[tuple[Union[str, int], float], ...], dict[Union[str, int], float]]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared with DM
+# --------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued kernels (accurate timings on CUDA; no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def dc_loops(ipc: int) -> tuple[int, int]:
+    """DC's (outer_loop, inner_loop) for ``ipc``; IPCs off the table use the largest entry <= ipc."""
+    key = max(k for k in DC_LOOPS if k <= ipc) if ipc >= 1 else 1
+    return DC_LOOPS[key]
+
+
+def init_synthetic(
+    real: ClassData, ipc: int, init: str, generator: torch.Generator, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Class-major synthetic images (noise N(0,1) in normalised space, or random real images)
+    and their hard labels ``[0]*ipc + [1]*ipc + ...``."""
+    c, (h, w) = real.num_classes, real.im_size
+    if init == "noise":
+        images = torch.randn(c * ipc, real.channel, h, w, generator=generator)
+    else:
+        idx = torch.cat([real.sample_indices(k, ipc, generator) for k in range(c)])
+        images = real.images[idx].detach().cpu()
+    labels = torch.arange(c).repeat_interleave(ipc)
+    return images.to(device).clone().requires_grad_(True), labels.to(device)
+
+
+def real_batch(real: ClassData, per_class: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Class-major real batch with exactly ``per_class`` images of every class."""
+    idx = torch.cat([real.sample_indices(c, per_class, generator) for c in range(real.num_classes)])
+    return real.images[idx].to(device)
+
+
+def augment_per_class(dsa: Any, real_x: Tensor, syn_x: Tensor, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One siamese DSA draw per class, shared by that class's real and synthetic images (§1.7)."""
+    n, m = real_x.shape[0] // num_classes, syn_x.shape[0] // num_classes
+    reals, syns = [], []
+    for c in range(num_classes):
+        r, s = dsa.siamese([real_x[c * n : (c + 1) * n], syn_x[c * m : (c + 1) * m]], generator)
+        reals.append(r.detach())
+        syns.append(s)
+    return torch.cat(reals), torch.cat(syns)
+
+
+def classes_per_chunk(net: nn.Module, num_classes: int, per_class: int) -> int:
+    """How many whole classes one no-grad real forward may hold (all of them with batch norm)."""
+    if has_batchnorm(net):
+        return num_classes
+    return max(1, min(num_classes, REAL_CHUNK_IMAGES // max(1, per_class)))
+
+
+def feature_names_of(model: str, channel: int = 3, im_size: tuple[int, int] = (32, 32)) -> list[str]:
+    """``feature_names`` of architecture ``model`` (built on the meta device: no compute)."""
+    net = _meta_network(model, channel, im_size)
+    names = getattr(net, "feature_names", None)
+    if names is None or not hasattr(net, "feature_maps"):
+        raise MethodError(
+            f"CAFE aligns intermediate feature maps, which architecture '{model}' does not expose; "
+            "use a ConvNet variant (ConvNet, ConvNetD1..D4, ConvNetW*, ConvNetBN, ...)"
+        )
+    return list(names)
+
+
+def _meta_network(model: str, channel: int, im_size: tuple[int, int]) -> nn.Module:
+    from methods import networks
+
+    key = canonical_network_name(model)
+    with torch.device("meta"):
+        return networks._NETWORKS[key](channel, 10, tuple(im_size))  # noqa: SLF001 (no compute)
+
+
+def default_layer_weights(feature_names: Sequence[str]) -> list[tuple[str, float]]:
+    """The deepest block and the pooled map weigh 1.0, every shallower block 0.1 (released
+    0.1/0.1/1/1 at depth 3)."""
+    names = list(feature_names)
+    out = []
+    for i, name in enumerate(names):
+        out.append((name, 1.0 if i >= len(names) - 2 else 0.1))
+    return out
+
+
+def resolve_layer_weights(spec: Optional[LayerWeightSpec], feature_names: Sequence[str]) -> list[tuple[int, float]]:
+    """``[(feature index, weight), ...]`` for the aligned maps (zero weights dropped).
+
+    ``spec``: None (default rule), a mapping or a sequence of (name or index, weight) pairs;
+    indices follow Python rules (-1 is ``pooled``). Raises :class:`MethodError` naming the valid
+    layer names for an unknown name or index, a repeated layer or a negative weight."""
+    names = list(feature_names)
+    if spec is None:
+        pairs: list[tuple[Union[str, int], float]] = list(default_layer_weights(names))
+    elif isinstance(spec, Mapping):
+        pairs = list(spec.items())
+    else:
+        pairs = []
+        for item in spec:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise MethodError(
+                    f"layer_weights entries must be (layer, weight) pairs, got {item!r}; "
+                    f"valid layers: {', '.join(names)} (or indices 0..{len(names) - 1})"
+                )
+            pairs.append((item[0], item[1]))
+    resolved: dict[int, float] = {}
+    for key, weight in pairs:
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise MethodError(f"layer_weights key {key!r} must be a layer name or index; valid layers: {', '.join(names)}")
+        if isinstance(key, str):
+            if key not in names:
+                raise MethodError(
+                    f"unknown layer '{key}' in layer_weights; valid layers of this network: "
+                    f"{', '.join(names)} (or indices 0..{len(names) - 1})"
+                )
+            idx = names.index(key)
+        else:
+            if not -len(names) <= key < len(names):
+                raise MethodError(
+                    f"layer index {key} in layer_weights is out of range for {len(names)} feature "
+                    f"maps ({', '.join(names)})"
+                )
+            idx = key % len(names)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise MethodError(f"layer weight for '{names[idx]}' must be a number >= 0, got {weight!r}")
+        if idx in resolved:
+            raise MethodError(f"layer '{names[idx]}' appears twice in layer_weights")
+        resolved[idx] = float(weight)
+    return [(i, w) for i, w in sorted(resolved.items()) if w != 0.0]
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CAFEConfig(MethodConfig):
+    """CAFE's hyper-parameters; defaults are the released code's (``distill.py``, §1.2)."""
+
+    iterations: int = 2000
+    lr_img: float = 0.1
+    momentum_img: float = 0.5
+    lr_milestones: tuple[float, ...] = (0.6, 0.8, 0.9)
+    """Fractions of ``iterations`` at which the image lr is halved (1200/1600/1800 of 2000)."""
+    lr_net: float = 0.01
+    batch_real: int = 256
+    batch_train: int = 256
+    probe_per_class: int = 128
+    init: str = "noise"
+    model: str = "ConvNet"
+    layer_weights: Optional[LayerWeightSpec] = None
+    """(layer, weight) pairs or a mapping; layers by name or index of ``net.feature_names``.
+    None: deepest block and ``pooled`` 1.0, shallower blocks 0.1 (0.1/0.1/1/1 at depth 3)."""
+    embedding_weight: float = 1.0
+    discrimination_weight: float = 0.01
+    dynamic_bilevel: bool = True
+    window: int = 10
+    lambda_outer: float = 0.04
+    lambda_inner: float = 0.03
+    probe_carryover: bool = True
+    max_loop_steps: Optional[int] = 100
+    outer_loop: Optional[int] = None
+    inner_loop: Optional[int] = None
+    dsa: bool = False
+    dsa_strategy: Optional[str] = None
+
+    def validate(self) -> None:
+        problems = []
+        for name in ("iterations", "batch_real", "batch_train", "probe_per_class"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_img", "lr_net"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum_img < 1:
+            problems.append(f"momentum_img must be in [0, 1), got {self.momentum_img}")
+        if any(not 0 < m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
+            problems.append(f"lr_milestones must be increasing fractions in (0, 1), got {self.lr_milestones}")
+        if self.init not in ("noise", "real"):
+            problems.append(f"init must be 'noise' or 'real', got {self.init!r}")
+        for name in ("embedding_weight", "discrimination_weight", "lambda_outer", "lambda_inner"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.window < 2:
+            problems.append(f"window must be >= 2 (a range needs two probes), got {self.window}")
+        if self.max_loop_steps is not None and self.max_loop_steps < 1:
+            problems.append(f"max_loop_steps must be >= 1 or null (unbounded), got {self.max_loop_steps}")
+        for name in ("outer_loop", "inner_loop"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                problems.append(f"{name} must be >= 1 or null (DC's table by IPC), got {v}")
+        if problems:
+            raise MethodError("invalid CAFE config: " + "; ".join(problems))
+        try:
+            names = feature_names_of(self.model)
+        except MethodError as exc:
+            raise MethodError(f"invalid CAFE config: {exc}") from None
+        weights = resolve_layer_weights(self.layer_weights, names)
+        if not weights and self.embedding_weight == 0 and self.discrimination_weight == 0:
+            raise MethodError(
+                "invalid CAFE config: every loss term has weight 0 (layer_weights, embedding_weight, "
+                "discrimination_weight), so the images would never change"
+            )
+        if self.dsa and self.dsa_strategy is not None:
+            _check_dsa_strategy(self.dsa_strategy)
+
+
+def _check_dsa_strategy(strategy: str) -> None:
+    from methods.augment import DSA
+
+    try:
+        DSA(strategy)
+    except MethodError:
+        raise
+    except (ValueError, KeyError) as exc:
+        raise MethodError(f"invalid dsa_strategy {strategy!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def real_targets(
+    net: nn.Module, real_x: Tensor, num_classes: int, layers: Sequence[int]
+) -> tuple[dict[int, Tensor], Tensor]:
+    """Class means of the feature maps ``layers`` and the embeddings f5 of a class-major real
+    batch, without autograd. Returns ({layer index: (C, ...) means}, (C*N, D) embeddings); the
+    pooled map's means are always included (under index ``len(feature_names) - 1``)."""
+    n = real_x.shape[0] // num_classes
+    last = len(net.feature_names) - 1
+    wanted = sorted(set(layers) | {last})
+    step = classes_per_chunk(net, num_classes, n)
+    means: dict[int, list[Tensor]] = {i: [] for i in wanted}
+    embeds = []
+    for c0 in range(0, num_classes, step):
+        k = min(step, num_classes - c0)
+        feats = net.feature_maps(real_x[c0 * n : (c0 + k) * n])
+        for i in wanted:
+            f = feats[i]
+            means[i].append(f.reshape(k, n, *f.shape[1:]).mean(1))
+        embeds.append(feats[last].flatten(1))
+    return {i: torch.cat(v) for i, v in means.items()}, torch.cat(embeds)
+
+
+def cafe_loss(
+    net: nn.Module,
+    real_x: Tensor,
+    syn_x: Tensor,
+    num_classes: int,
+    *,
+    layer_weights: Sequence[tuple[int, float]],
+    embedding_weight: float = 1.0,
+    discrimination_weight: float = 0.01,
+) -> Tensor:
+    """CAFE's image loss (module docstring) for class-major batches ``real_x`` (C*N) and
+    ``syn_x`` (C*M); ``layer_weights`` are resolved (feature index, weight) pairs.
+
+    The real branch is computed without autograd; the gradient reaches ``syn_x`` through the
+    synthetic class means only."""
+    n = real_x.shape[0] // num_classes
+    m = syn_x.shape[0] // num_classes
+    if n * num_classes != real_x.shape[0] or m * num_classes != syn_x.shape[0]:
+        raise ValueError("real and synthetic batches must hold the same count for every class")
+    last = len(net.feature_names) - 1
+    layer_idx = [i for i, _ in layer_weights]
+    real_means, real_embed = real_targets(net, real_x, num_classes, layer_idx)
+    syn_feats = net.feature_maps(syn_x)
+    loss = syn_x.new_zeros(())
+    for i, w in layer_weights:
+        f = syn_feats[i]
+        syn_mean = f.reshape(num_classes, m, *f.shape[1:]).mean(1)
+        loss = loss + w * (real_means[i] - syn_mean).pow(2).sum()
+    syn_centres = syn_feats[last].flatten(1).reshape(num_classes, m, -1).mean(1)  # mu^S, (C, D)
+    if embedding_weight:
+        loss = loss + embedding_weight * (real_means[last].flatten(1) - syn_centres).pow(2).sum()
+    if discrimination_weight:
+        logits = real_embed @ syn_centres.t()  # (C*N, C): <f5(x_i), mu^S_c>
+        targets = torch.arange(num_classes, device=real_x.device).repeat_interleave(n)
+        loss = loss + discrimination_weight * F.cross_entropy(logits, targets, reduction="sum")
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Probe
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def probe_class_accuracy(net: nn.Module, images: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Per-class accuracy (C,) of ``net`` on a probe batch, in train mode (as released) and
+    without autograd. Batch-norm networks are probed one class at a time like the released code
+    (their batch statistics depend on the batch); others in chunks (exact: per-sample layers)."""
+    net.train()
+    if has_batchnorm(net):
+        correct = torch.zeros(num_classes, device=images.device)
+        counts = torch.zeros(num_classes, device=images.device)
+        for c in range(num_classes):
+            sel = labels == c
+            x = images[sel]
+            if x.shape[0]:
+                correct[c] = (net(x).argmax(1) == c).float().sum()
+                counts[c] = x.shape[0]
+    else:
+        preds = torch.cat([net(images[i : i + REAL_CHUNK_IMAGES]).argmax(1) for i in range(0, images.shape[0], REAL_CHUNK_IMAGES)])
+        correct = torch.bincount(labels, weights=(preds == labels).float(), minlength=num_classes)
+        counts = torch.bincount(labels, minlength=num_classes).float()
+    return correct / counts.clamp_min(1)
+
+
+class Window:
+    """The released code's sliding window of probe values (Python floats)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.values: list[float] = []
+
+    def push(self, value: float) -> Optional[float]:
+        """Append; return the range once the window is full (the caller pops on no-break)."""
+        self.values.append(float(value))
+        if len(self.values) == self.size:
+            return max(self.values) - min(self.values)
+        return None
+
+    def pop(self) -> None:
+        self.values.pop(0)
+
+
+# --------------------------------------------------------------------------------------------
+# The method
+# --------------------------------------------------------------------------------------------
+
+
+@register("cafe", description="CAFE: layer-wise feature alignment + discrimination loss, dynamic bi-level loops")
+class CAFE(Method):
+    """CAFE (Wang et al., CVPR 2022); see the module docstring for fidelity notes."""
+
+    config_class = CAFEConfig
+    eval_epochs_no_aug = 600  # CAFE's code: 600 epochs without augmentation, 1000 with DSA
+
+    def condense(
+        self, real: ClassData, ipc: int, *, seed: int, context: Optional[RunContext] = None
+    ) -> SyntheticSet:
+        cfg: CAFEConfig = self.config
+        real.validate_ipc(ipc)
+        context = context or RunContext(device=real.device)
+        device = context.device
+        meter = CostMeter(device)
+        total = int(context.iterations if context.iterations is not None else cfg.iterations)
+        if total < 1:
+            raise MethodError(f"CAFE needs at least 1 iteration, got {total}")
+        C = real.num_classes
+        names = feature_names_of(cfg.model, real.channel, real.im_size)
+        layer_weights = resolve_layer_weights(cfg.layer_weights, names)
+        per_class = min(cfg.batch_real, min(real.class_counts()))
+        milestones = [int(round(f * total)) for f in cfg.lr_milestones]
+        if cfg.dynamic_bilevel:
+            outer_loop = inner_loop = 0
+        else:
+            table = dc_loops(ipc)
+            outer_loop = cfg.outer_loop or table[0]
+            inner_loop = cfg.inner_loop or table[1]
+
+        dsa = train_aug = None
+        strategy = None
+        if cfg.dsa:
+            from methods.augment import DSA
+
+            strategy = cfg.dsa_strategy or default_dsa_strategy(real.name)
+            dsa = DSA(strategy)
+            train_aug = dsa
+
+        root = make_generator(seed)
+        gens = {k: make_generator(derive_seed(root)) for k in ("init", "net", "data", "aug", "train")}
+        images, labels = init_synthetic(real, ipc, cfg.init, gens["init"], device)
+        opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img)
+        counters = dict(
+            image_steps=0, inner_epochs=0, inner_loops=0, cap_fired_outer=0, cap_fired_inner=0,
+            image_step_s=0.0, inner_epoch_s=0.0, probe_s=0.0, probes=0, elapsed_s=0.0,
+        )
+        start_it = 0
+        state = context.resume_state()
+        if state is not None:
+            if tuple(state["images"].shape) != tuple(images.shape):
+                raise MethodError(
+                    f"checkpoint holds images of shape {tuple(state['images'].shape)}, this run needs "
+                    f"{tuple(images.shape)}: it belongs to a different run; clear it to start afresh"
+                )
+            with torch.no_grad():
+                images.copy_(state["images"].to(device))
+            opt_img.load_state_dict(state["opt_img"])
+            for k, g in gens.items():
+                g.set_state(state["generators"][k])
+            counters.update(state["counters"])
+            start_it = int(state["iteration"])
+        run_start = time.perf_counter()
+        elapsed_before = float(counters["elapsed_s"])
+
+        def probe(net: nn.Module, carried: float) -> float:
+            t0 = time.perf_counter()
+            px, py = real.sample_per_class(cfg.probe_per_class, gens["data"])
+            accs = probe_class_accuracy(net, px.to(device), py.to(device), C)
+            total_acc = float(accs.sum())
+            counters["probe_s"] += time.perf_counter() - t0
+            counters["probes"] += 1
+            return (carried + total_acc) / C if cfg.probe_carryover else total_acc / C
+
+        def image_step(net: nn.Module) -> float:
+            t0 = time.perf_counter()
+            rx = real_batch(real, per_class, gens["data"], device)
+            sx = images
+            if dsa is not None:
+                rx, sx = augment_per_class(dsa, rx, images, C, gens["aug"])
+            loss = cafe_loss(
+                net, rx, sx, C, layer_weights=layer_weights,
+                embedding_weight=cfg.embedding_weight, discrimination_weight=cfg.discrimination_weight,
+            )
+            (grad,) = torch.autograd.grad(loss, images)
+            images.grad = grad
+            opt_img.step()
+            images.grad = None
+            sync(device)
+            counters["image_step_s"] += time.perf_counter() - t0
+            counters["image_steps"] += 1
+            return float(loss.detach())
+
+        def inner_epoch(net: nn.Module, opt_net: torch.optim.Optimizer, syn: Tensor) -> None:
+            t0 = time.perf_counter()
+            train_epoch(net, syn, labels, opt_net, batch_size=cfg.batch_train, generator=gens["train"], augment=train_aug)
+            sync(device)
+            counters["inner_epoch_s"] += time.perf_counter() - t0
+            counters["inner_epochs"] += 1
+
+        def one_iteration() -> float:
+            net = get_network(cfg.model, real.channel, C, real.im_size, seed=derive_seed(gens["net"]), device=device)
+            net.train()
+            opt_net = sgd(net.parameters(), cfg.lr_net)
+            losses = []
+            if not cfg.dynamic_bilevel:
+                for ol in range(outer_loop):
+                    losses.append(image_step(net))
+                    if ol == outer_loop - 1:
+                        break
+                    syn = images.detach().clone()
+                    for _ in range(inner_loop):
+                        inner_epoch(net, opt_net, syn)
+                    counters["inner_loops"] += 1
+                return sum(losses) / len(losses)
+            window, acc = Window(cfg.window), 0.0
+            steps = 0
+            while True:
+                losses.append(image_step(net))
+                steps += 1
+                acc = probe(net, acc)
+                spread = window.push(acc)
+                if spread is not None:
+                    if spread < cfg.lambda_outer:
+                        break
+                    window.pop()
+                if cfg.max_loop_steps is not None and steps >= cfg.max_loop_steps:
+                    counters["cap_fired_outer"] += 1
+                    break
+                syn = images.detach().clone()
+                inner_window, inner_acc, epochs = Window(cfg.window), 0.0, 0
+                while True:
+                    inner_epoch(net, opt_net, syn)
+                    epochs += 1
+                    inner_acc = probe(net, inner_acc)
+                    spread = inner_window.push(inner_acc)
+                    if spread is not None:
+                        if spread > cfg.lambda_inner:
+                            break
+                        inner_window.pop()
+                    if cfg.max_loop_steps is not None and epochs >= cfg.max_loop_steps:
+                        counters["cap_fired_inner"] += 1
+                        break
+                counters["inner_loops"] += 1
+            return sum(losses) / len(losses)
+
+        def snapshot(next_it: int) -> Callable[[], dict[str, Any]]:
+            def state_fn() -> dict[str, Any]:
+                snap = dict(counters)
+                snap["elapsed_s"] = elapsed_before + time.perf_counter() - run_start
+                return {
+                    "iteration": next_it,
+                    "images": images.detach().cpu().clone(),
+                    "opt_img": copy.deepcopy(opt_img.state_dict()),
+                    "generators": {k: g.get_state().clone() for k, g in gens.items()},
+                    "counters": snap,
+                }
+
+            return state_fn
+
+        from tqdm.auto import tqdm
+
+        log_every = max(1, total // 20)
+        bar = tqdm(range(start_it, total), total=total, initial=start_it, desc=f"{self.name} ipc{ipc}", disable=not context.progress)
+        for it in bar:
+            lr = cfg.lr_img * 0.5 ** sum(1 for m in milestones if it >= m)
+            for group in opt_img.param_groups:
+                group["lr"] = lr
+            steps_before = counters["image_steps"]
+            loss = one_iteration()
+            bar.set_postfix(loss=f"{loss:.4g}", steps=counters["image_steps"] - steps_before)
+            if it % log_every == 0 or it == total - 1:
+                context.log(
+                    f"{self.name} it {it}/{total} loss {loss:.4g} lr {lr:g} image steps {counters['image_steps']} "
+                    f"inner epochs {counters['inner_epochs']} caps {counters['cap_fired_outer']}/{counters['cap_fired_inner']}"
+                )
+            context.iteration_done(it, snapshot(it + 1))
+        bar.close()
+
+        iterations_done = total
+        steps = max(1, counters["image_steps"])
+        cost = meter.figures(
+            iterations=iterations_done,
+            image_steps=counters["image_steps"],
+            inner_epochs=counters["inner_epochs"],
+            inner_loops=counters["inner_loops"],
+            mean_image_steps_per_iteration=counters["image_steps"] / iterations_done,
+            mean_inner_epochs_per_iteration=counters["inner_epochs"] / iterations_done,
+            cap_fired_outer=counters["cap_fired_outer"],
+            cap_fired_inner=counters["cap_fired_inner"],
+            seconds_per_image_step=counters["image_step_s"] / steps,
+            seconds_per_inner_epoch=counters["inner_epoch_s"] / max(1, counters["inner_epochs"]),
+            probe_seconds=counters["probe_s"],
+        )
+        cost["wall_time_s"] += elapsed_before
+        extra = {"dsa_strategy": strategy, "layer_weights": [[names[i], w] for i, w in layer_weights]}
+        if not cfg.dynamic_bilevel:
+            extra.update(outer_loop=outer_loop, inner_loop=inner_loop)
+        return self._synset(real, ipc, seed, images.detach(), labels, cost, extra=extra)
+
+
+register_variant("cafe_dsa", CAFE, {"dsa": True}, "CAFE+DSA: CAFE with per-class siamese DSA and DSA in inner-loop training")
