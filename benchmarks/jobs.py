@@ -1,0 +1,655 @@
+"""Running sweep cells: the job callable, executors, submission, re-attach, status and cancel.
+
+**The job** (:class:`CellJob`) is a :class:`submitit.helpers.Checkpointable`: it condenses one
+cell (or reuses the cell's stored synthetic set), evaluates it on every architecture that has no
+record yet, and writes one record per architecture into the results store. The condensation
+checkpoints its loop state to ``<out>/checkpoints/<cell_id>.pt`` every ``checkpoint_every``
+iterations. When SLURM announces a preemption or the time limit (submitit's ``USR2`` signal),
+submitit calls :meth:`CellJob.checkpoint`, which saves the *latest* consistent loop snapshot
+(``RunContext.save_latest``: the state after the last finished iteration) and hands submitit a
+copy of the job to requeue. The requeued job loads the checkpoint and continues at the next
+iteration; because every random draw comes from generators whose state is in the checkpoint,
+its final synthetic set equals an uninterrupted run's (on CPU; GPU kernels may differ in the
+last bits). A cell that raises writes ``failures/<cell_id>.json`` (error, traceback, log path,
+job id) and re-raises, so SLURM marks the job failed; the other cells are unaffected.
+
+**Executors** by name:
+
+* ``slurm`` -- :class:`submitit.SlurmExecutor`; cells are grouped by their resources (the
+  profile scaled by IPC, see :func:`slurm_parameters`) and each group is one job array
+  (``executor.batch()``) limited to ``array_parallelism`` running tasks.
+* ``local`` -- :class:`submitit.LocalExecutor`: one subprocess per cell, at most ``parallel``
+  at a time, logs in the same place as on SLURM.
+* ``debug`` -- in this process, one cell after the other (breakpoints work).
+
+**No duplicates**: every submission is written to ``jobs/<cell_id>.json`` right after
+``sbatch`` returns. A later run of the same sweep first asks SLURM (``sacct`` through submitit)
+about the tracked job of every unfinished cell and re-attaches to pending/running ones instead
+of submitting them again; finished cells (every record present) are skipped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import traceback as _traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import submitit
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from benchmarks.store import Store, code_version, utc_now
+from benchmarks.sweep import Cell, Sweep, WHOLE
+
+EXECUTORS = ("slurm", "local", "debug")
+ACTIVE_SLURM_STATES = {
+    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
+    "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED", "RESV_DEL_HOLD",
+}
+UNKNOWN_GRACE_S = 120
+"""A freshly submitted job may be unknown to ``sacct`` for a moment; after this many seconds an
+UNKNOWN tracked job counts as gone."""
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------
+
+
+class CellJob(Checkpointable):
+    """Condense + evaluate one cell into the store (picklable; see module doc)."""
+
+    def __init__(
+        self,
+        store_root: str,
+        cell: Mapping[str, Any],
+        *,
+        sweep_name: str,
+        archs: Sequence[str],
+        data_root: str,
+        device: str = "auto",
+        download: bool = False,
+        checkpoint_every: int = 10,
+        progress: bool = False,
+    ) -> None:
+        self.store_root = str(store_root)
+        self.cell = dict(cell)
+        self.sweep_name = sweep_name
+        self.archs = list(archs)
+        self.data_root = str(data_root)
+        self.device = device
+        self.download = download
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+        self._context = None  # live RunContext while condensing (not pickled)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_context"] = None
+        return state
+
+    def __call__(self) -> dict[str, Any]:
+        store = Store(self.store_root)
+        cell = Cell.from_json(self.cell)
+        try:
+            return run_cell(store, cell, self.archs, sweep_name=self.sweep_name, data_root=self.data_root,
+                            device=self.device, download=self.download,
+                            checkpoint_every=self.checkpoint_every, progress=self.progress,
+                            on_context=self._set_context)
+        except Exception as exc:
+            log_path, job_id = _job_log_and_id()
+            store.write_failure(cell.cell_id, f"{type(exc).__name__}: {exc}", _traceback.format_exc(),
+                                log_path, job_id)
+            raise
+        finally:
+            self._context = None
+
+    def _set_context(self, context: Any) -> None:
+        self._context = context
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        """Called by submitit on the preemption/timeout signal: persist the latest loop state,
+        then requeue a copy of this job (which resumes from the checkpoint file)."""
+        context = self._context
+        if context is not None:
+            saved = context.save_latest()
+            _log(f"checkpoint on signal: {'saved latest loop state' if saved else 'no state yet'}")
+        return DelayedSubmission(self)  # pickled without the live context (__getstate__)
+
+
+def _job_log_and_id() -> tuple[Optional[str], Optional[str]]:
+    try:
+        env = submitit.JobEnvironment()
+        return str(env.paths.stdout), str(env.job_id)
+    except Exception:  # not inside a submitit job (debug executor)
+        return None, None
+
+
+def run_cell(
+    store: Store,
+    cell: Cell,
+    archs: Sequence[str],
+    *,
+    sweep_name: str,
+    data_root: str,
+    device: str = "auto",
+    download: bool = False,
+    checkpoint_every: int = 10,
+    progress: bool = False,
+    on_context: Optional[Callable[[Any], None]] = None,
+) -> dict[str, Any]:
+    """Condense (or reuse the stored synset) and write one record per missing architecture."""
+    from benchmarks.data import load_dataset
+    from benchmarks.evaluate import evaluate_synset, evaluate_whole_dataset
+    from benchmarks.pipeline import resolve_device, run_condense
+    from methods.base import SyntheticSet, get_method
+
+    dev = resolve_device(device)
+    _log(f"cell {cell.cell_id}: {cell.describe()} on {dev} (archs: {', '.join(archs)})")
+    dataset = load_dataset(cell.dataset, data_root=data_root, device=dev, download=download)
+    synset = None
+    condense_cost: dict[str, Any] = {}
+    method_config: dict[str, Any] = {}
+    if cell.method != WHOLE:
+        path = store.synset_path(cell.cell_id)
+        if path.is_file():
+            synset = SyntheticSet.load(path)
+            _log(f"reusing stored synthetic set {path}")
+        else:
+            extra = {}
+            if on_context is not None and "on_context" in inspect.signature(run_condense).parameters:
+                extra["on_context"] = on_context
+            synset = run_condense(
+                cell.method, dict(cell.overrides), dataset, cell.ipc, cell.seed, device=dev,
+                iterations=cell.iterations, checkpoint_path=store.checkpoint_path(cell.cell_id),
+                checkpoint_every=checkpoint_every, cache_dir=store.cache_dir, progress=progress,
+                log=_log, **extra,
+            )
+            synset.save(path)
+            store.checkpoint_path(cell.cell_id).unlink(missing_ok=True)
+        method_config = dict(synset.config)
+        condense_cost = {
+            "condense_wall_time_s": synset.cost.get("wall_time_s"),
+            "condense_peak_memory_mb": synset.cost.get("peak_memory_mb"),
+        }
+        condense_cost.update({k: v for k, v in synset.cost.items() if k not in ("wall_time_s", "peak_memory_mb")})
+    elif cell.method == WHOLE:
+        method_config = {}
+    written = []
+    for arch in archs:
+        if store.has_record(cell.cell_id, arch):
+            continue
+        if synset is None:
+            kwargs = {} if cell.eval_epochs is None else {"epochs": cell.eval_epochs}
+            res = evaluate_whole_dataset(dataset, arch, num_eval=cell.num_eval, seed=cell.seed,
+                                         device=dev, progress=progress, **kwargs)
+        else:
+            res = evaluate_synset(synset, dataset, arch, num_eval=cell.num_eval, epochs=cell.eval_epochs,
+                                  seed=cell.seed, device=dev, progress=progress)
+        cost = dict(condense_cost)
+        cost.update({
+            "eval_wall_time_s": res.wall_time_s, "eval_peak_memory_mb": res.peak_memory_mb,
+            "eval_train_time_s": res.train_time_s, "eval_test_time_s": res.test_time_s,
+        })
+        store.write_record({
+            "cell_id": cell.cell_id, "sweep": sweep_name, "dataset": cell.dataset, "ipc": cell.ipc,
+            "method": cell.method, "label": cell.label, "overrides": dict(cell.overrides),
+            "method_config": method_config, "seed": cell.seed, "train_arch": cell.train_arch,
+            "eval_arch": res.arch, "num_eval": res.num_eval, "eval_epochs": res.epochs,
+            "eval_augmentation": res.augmentation, "accuracies": [float(a) for a in res.accuracies],
+            "cost": cost,
+            "synset_path": None if synset is None else store.synset_relpath(cell.cell_id),
+            "code_version": code_version(), "host": socket.gethostname(), "device": res.device,
+        })
+        written.append(arch)
+        mean = sum(res.accuracies) / max(1, len(res.accuracies))
+        _log(f"cell {cell.cell_id} on {res.arch}: mean accuracy {100 * mean:.2f}% over {res.num_eval} nets")
+    store.clear_failure(cell.cell_id)
+    return {"cell_id": cell.cell_id, "archs_written": written}
+
+
+# --------------------------------------------------------------------------------------------
+# Resources
+# --------------------------------------------------------------------------------------------
+
+
+def scaled_resources(profile: Mapping[str, Any], ipc: Optional[int]) -> tuple[int, float]:
+    """(timeout_min, mem_gb) for a cell: the profile's values scaled by IPC.
+
+    Rule (documented in ``slurm/gpu.yaml``): with ``scale_with_ipc: {reference_ipc: R,
+    time_exponent: a, mem_exponent: b, max_timeout_min: T, max_mem_gb: M}``, a cell with IPC
+    ``k`` gets ``timeout_min * max(1, k/R)**a`` minutes (rounded up, capped at T) and
+    ``mem_gb * max(1, k/R)**b`` GB (capped at M). Cells up to IPC R use the base values. The
+    whole-dataset baseline gets T (or the base time when T is unset) and the base memory."""
+    timeout = int(profile.get("timeout_min", 60))
+    mem = float(profile.get("mem_gb", 8))
+    scale = profile.get("scale_with_ipc") or {}
+    max_t = scale.get("max_timeout_min")
+    max_m = scale.get("max_mem_gb")
+    if ipc is None:
+        return int(max_t or timeout), mem
+    ref = float(scale.get("reference_ipc") or 0)
+    if ref > 0:
+        factor = max(1.0, ipc / ref)
+        timeout = int(math.ceil(timeout * factor ** float(scale.get("time_exponent", 0) or 0)))
+        mem = mem * factor ** float(scale.get("mem_exponent", 0) or 0)
+    if max_t:
+        timeout = min(timeout, int(max_t))
+    if max_m:
+        mem = min(mem, float(max_m))
+    return timeout, round(mem, 1)
+
+
+def slurm_parameters(profile: Mapping[str, Any], ipc: Optional[int], *, job_name: str) -> dict[str, Any]:
+    """``SlurmExecutor.update_parameters`` arguments for one cell (see :func:`scaled_resources`)."""
+    timeout, mem = scaled_resources(profile, ipc)
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "time": timeout,
+        "mem": f"{max(1, int(math.ceil(mem * 1024)))}M",
+        "cpus_per_task": int(profile.get("cpus_per_task", 1)),
+        "array_parallelism": int(profile.get("array_parallelism", 64)),
+        "stderr_to_stdout": True,
+    }
+    if profile.get("gpus_per_node"):
+        params["gpus_per_node"] = int(profile["gpus_per_node"])
+    for key in ("partition", "account", "qos", "constraint"):
+        if profile.get(key):
+            params[key] = str(profile[key])
+    if profile.get("additional_parameters"):
+        params["additional_parameters"] = dict(profile["additional_parameters"])
+    if profile.get("setup"):
+        params["setup"] = list(profile["setup"])
+    return params
+
+
+def sbatch_preview(params: Mapping[str, Any], folder: Path) -> list[str]:
+    """The ``#SBATCH`` lines submitit would write for ``params`` (for ``--dry-run``)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    text = _make_sbatch_string(command="python -m submitit.core._submit", folder=folder, **params)
+    return [line for line in text.splitlines() if line.startswith("#SBATCH")]
+
+
+# --------------------------------------------------------------------------------------------
+# Tracking jobs
+# --------------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as finished
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def tracked_state(store: Store, info: Mapping[str, Any]) -> str:
+    """Current state of a tracked job: a SLURM state name, ``RUNNING``/``FINISHED`` for local
+    jobs, or ``UNKNOWN``."""
+    executor = info.get("executor")
+    job_id = str(info.get("job_id"))
+    if executor == "slurm":
+        try:
+            job = submitit.SlurmJob(folder=info.get("folder") or store.logs_dir, job_id=job_id)
+            state = str(job.get_info(mode="force").get("State") or "UNKNOWN").split()[0].upper()
+        except Exception:
+            state = "UNKNOWN"
+        if state == "UNKNOWN":
+            try:
+                import subprocess
+
+                out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
+                                     text=True, timeout=30)
+                if out.returncode == 0 and out.stdout.strip():
+                    state = out.stdout.split()[0].upper()
+            except (OSError, subprocess.SubprocessError):
+                pass
+        return state
+    if executor == "local":
+        try:
+            return "RUNNING" if _pid_alive(int(job_id)) else "FINISHED"
+        except ValueError:
+            return "UNKNOWN"
+    return "FINISHED"
+
+
+def _seconds_since(iso: Optional[str]) -> float:
+    import datetime as dt
+
+    if not iso:
+        return float("inf")
+    try:
+        then = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return float("inf")
+    return (dt.datetime.now(dt.timezone.utc) - then).total_seconds()
+
+
+def is_active(store: Store, info: Optional[Mapping[str, Any]]) -> tuple[bool, str]:
+    """(still queued or running?, state) for a tracked job (None: nothing tracked)."""
+    if not info or info.get("state") == "CANCELLED_BY_USER":
+        return False, "NONE"
+    state = tracked_state(store, info)
+    if state in ACTIVE_SLURM_STATES or (info.get("executor") == "local" and state == "RUNNING"):
+        return True, state
+    if state == "UNKNOWN" and info.get("executor") == "slurm":
+        return _seconds_since(info.get("submitted")) < UNKNOWN_GRACE_S, state
+    return False, state
+
+
+# --------------------------------------------------------------------------------------------
+# Cell status
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CellStatus:
+    cell: Cell
+    status: str  # done | running | pending | failed | missing | partial
+    job_id: Optional[str] = None
+    job_state: Optional[str] = None
+    log_path: Optional[str] = None
+    error: Optional[str] = None
+    missing_archs: list[str] = field(default_factory=list)
+
+
+def cell_status(store: Store, cell: Cell, *, query: bool = True) -> CellStatus:
+    missing = store.missing_archs(cell.cell_id, list(cell.eval_archs))
+    info = store.read_job(cell.cell_id)
+    job_id = None if not info else str(info.get("job_id"))
+    log_path = None if not info else info.get("log_path")
+    if not missing:
+        return CellStatus(cell, "done", job_id, info.get("state") if info else None, log_path)
+    if info and query:
+        active, state = is_active(store, info)
+        if active:
+            kind = "pending" if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                                          "CONFIGURING", "UNKNOWN") else "running"
+            return CellStatus(cell, kind, job_id, state, log_path, missing_archs=missing)
+    failure = store.read_failure(cell.cell_id)
+    if failure is not None:
+        return CellStatus(cell, "failed", failure.get("job_id") or job_id, info.get("state") if info else None,
+                          failure.get("log_path") or log_path, failure.get("error"), missing)
+    partial = len(missing) < len(cell.eval_archs)
+    return CellStatus(cell, "partial" if partial else "missing", job_id,
+                      info.get("state") if info else None, log_path, missing_archs=missing)
+
+
+def store_status(store: Store, *, query: bool = True) -> list[CellStatus]:
+    _, cells = store.read_cells()
+    return [cell_status(store, Cell.from_json(c), query=query) for c in cells]
+
+
+# --------------------------------------------------------------------------------------------
+# Executors and submission
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Submitted:
+    cell: Cell
+    job: Any  # submitit Job, or None for debug
+    job_id: str
+    archs: list[str]
+    reattached: bool = False
+
+
+def make_job(sweep_name: str, store: Store, cell: Cell, archs: Sequence[str], *, data_root: Path,
+             device: str, download: bool, checkpoint_every: int) -> CellJob:
+    return CellJob(str(store.root), cell.to_json(), sweep_name=sweep_name, archs=list(archs),
+                   data_root=str(data_root), device=device, download=download,
+                   checkpoint_every=checkpoint_every)
+
+
+def _log_path_of(job: Any) -> Optional[str]:
+    try:
+        return str(job.paths.stdout)
+    except Exception:
+        return None
+
+
+def submit_slurm(store: Store, sweep: Sweep, todo: Sequence[tuple[Cell, list[str]]], profile: Mapping[str, Any],
+                 *, checkpoint_every: int = 10) -> list[Submitted]:
+    """Submit ``todo`` as job arrays, one per distinct resource set; track every job id."""
+    groups: dict[tuple, list[tuple[Cell, list[str]]]] = {}
+    for cell, archs in todo:
+        params = slurm_parameters(profile, cell.ipc, job_name=f"cb-{sweep.name}")
+        key = tuple(sorted((k, repr(v)) for k, v in params.items()))
+        groups.setdefault(key, []).append((cell, archs))
+    out: list[Submitted] = []
+    for items in groups.values():
+        executor = submitit.SlurmExecutor(folder=store.logs_dir)
+        executor.update_parameters(**slurm_parameters(profile, items[0][0].ipc, job_name=f"cb-{sweep.name}"))
+        with executor.batch():
+            jobs = [executor.submit(make_job(sweep.name, store, cell, archs, data_root=sweep.data_root,
+                                             device=sweep.device, download=sweep.download,
+                                             checkpoint_every=checkpoint_every))
+                    for cell, archs in items]
+        for (cell, archs), job in zip(items, jobs):
+            store.write_job(cell.cell_id, job_id=str(job.job_id), executor="slurm", archs=archs,
+                            log_path=_log_path_of(job))
+            out.append(Submitted(cell, job, str(job.job_id), archs))
+        _log(f"submitted {len(items)} cell(s) as SLURM array {str(jobs[0].job_id).split('_')[0]}")
+    return out
+
+
+def submit_local(store: Store, sweep: Sweep, cell: Cell, archs: list[str], *, timeout_min: int,
+                 checkpoint_every: int = 10) -> Submitted:
+    executor = submitit.LocalExecutor(folder=store.logs_dir)
+    executor.update_parameters(timeout_min=timeout_min)
+    job = executor.submit(make_job(sweep.name, store, cell, archs, data_root=sweep.data_root, device=sweep.device,
+                                   download=sweep.download, checkpoint_every=checkpoint_every))
+    store.write_job(cell.cell_id, job_id=str(job.job_id), executor="local", archs=archs, log_path=_log_path_of(job))
+    return Submitted(cell, job, str(job.job_id), archs)
+
+
+def reattach(store: Store, cell: Cell, info: Mapping[str, Any]) -> Submitted:
+    job_id = str(info["job_id"])
+    job: Any = None
+    if info.get("executor") == "slurm":
+        job = submitit.SlurmJob(folder=info.get("folder") or store.logs_dir, job_id=job_id)
+    return Submitted(cell, job, job_id, list(info.get("archs") or cell.eval_archs), reattached=True)
+
+
+def _finished(store: Store, s: Submitted) -> bool:
+    if s.job is None:  # re-attached local job: its process is not ours
+        return not _pid_alive(int(s.job_id))
+    if isinstance(s.job, submitit.SlurmJob):
+        return s.job.done(force_check=True)
+    return s.job.done()
+
+
+def _settle(store: Store, s: Submitted) -> str:
+    """After a job ended: 'done' or 'failed' (writing a failure when the job could not)."""
+    missing = store.missing_archs(s.cell.cell_id, s.archs)
+    if not missing:
+        store.update_job_state(s.cell.cell_id, "COMPLETED")
+        return "done"
+    state = "UNKNOWN"
+    if isinstance(s.job, submitit.SlurmJob):
+        try:
+            state = str(s.job.get_info(mode="force").get("State") or "UNKNOWN").split()[0]
+        except Exception:
+            pass
+    elif s.job is not None:
+        state = str(s.job.state)
+    store.update_job_state(s.cell.cell_id, state)
+    failure = store.read_failure(s.cell.cell_id)
+    if failure is None or failure.get("job_id") not in (None, s.job_id, s.job_id.split("_")[0]):
+        # The job died without writing its own failure (cancelled, out of memory, node failure,
+        # killed by the time limit without requeue): record what SLURM/submitit knows.
+        message = f"job {s.job_id} ended in state {state} without writing all records (missing: {', '.join(missing)})"
+        if s.job is not None:
+            try:
+                exc = s.job.exception()
+                if exc is not None:
+                    message = f"{message}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}"
+            except Exception:
+                pass
+        store.write_failure(s.cell.cell_id, message, "", _log_path_of(s.job) if s.job else None, s.job_id)
+    return "failed"
+
+
+@dataclass
+class RunSummary:
+    skipped: int = 0
+    submitted: int = 0
+    reattached: int = 0
+    done: int = 0
+    failed: int = 0
+    still_running: int = 0
+    statuses: list[CellStatus] = field(default_factory=list)
+
+
+def plan(store: Store, sweep: Sweep, *, force: bool = False) -> tuple[list[Cell], list[tuple[Cell, dict]], list[tuple[Cell, list[str]]]]:
+    """Split the sweep's cells into (finished, still tracked as active, to submit)."""
+    finished, active, todo = [], [], []
+    for cell in sweep.cells:
+        if force:
+            info = store.read_job(cell.cell_id)
+            running, _ = is_active(store, info)
+            if running:
+                active.append((cell, info))
+                continue
+            todo.append((cell, list(cell.eval_archs)))
+            continue
+        missing = store.missing_archs(cell.cell_id, list(cell.eval_archs))
+        if not missing:
+            finished.append(cell)
+            continue
+        info = store.read_job(cell.cell_id)
+        running, _ = is_active(store, info)
+        if running:
+            active.append((cell, info))
+        else:
+            todo.append((cell, missing))
+    return finished, active, todo
+
+
+def run_sweep(
+    sweep: Sweep,
+    *,
+    executor: str = "slurm",
+    force: bool = False,
+    wait: bool = True,
+    parallel: int = 1,
+    poll_s: float = 2.0,
+    checkpoint_every: int = 10,
+    log: Callable[[str], None] = _log,
+) -> RunSummary:
+    """Run (or resume) a validated sweep into its store and wait for it (unless ``wait=False``)."""
+    if executor not in EXECUTORS:
+        from benchmarks import UserError
+
+        raise UserError(f"unknown executor '{executor}'; choose one of {', '.join(EXECUTORS)}")
+    store = Store(sweep.output)
+    store.init(sweep.name, sweep.spec_text, [c.to_json() for c in sweep.cells])
+    finished, active, todo = plan(store, sweep, force=force)
+    summary = RunSummary(skipped=len(finished))
+    if force:
+        for cell, _ in todo:
+            store.delete_cell_results(cell.cell_id)
+    log(f"sweep '{sweep.name}': {len(sweep.cells)} cells -> {len(finished)} finished (skipped), "
+        f"{len(active)} already queued/running (re-attached), {len(todo)} to run [{executor}]")
+    for cell, _ in todo:
+        store.clear_failure(cell.cell_id)
+
+    if executor == "debug":
+        for i, (cell, archs) in enumerate(todo, 1):
+            log(f"[{i}/{len(todo)}] {cell.describe()}")
+            store.write_job(cell.cell_id, job_id=f"debug-{os.getpid()}", executor="debug", archs=archs)
+            try:
+                make_job(sweep.name, store, cell, archs, data_root=sweep.data_root, device=sweep.device,
+                         download=sweep.download, checkpoint_every=checkpoint_every)()
+                summary.done += 1
+            except Exception as exc:  # recorded in failures/ by the job
+                log(f"cell {cell.cell_id} failed: {type(exc).__name__}: {exc}")
+                summary.failed += 1
+        summary.submitted = len(todo)
+        summary.statuses = [cell_status(store, c, query=False) for c in sweep.cells]
+        return summary
+
+    pending: list[Submitted] = [reattach(store, cell, info) for cell, info in active]
+    summary.reattached = len(pending)
+    queue = list(todo)
+    if executor == "slurm":
+        if queue:
+            pending += submit_slurm(store, sweep, queue, sweep.profile_data, checkpoint_every=checkpoint_every)
+            summary.submitted = len(queue)
+            queue = []
+        if not wait:
+            summary.still_running = len(pending)
+            summary.statuses = store_status(store)
+            return summary
+    timeout_min = int(sweep.profile_data.get("timeout_min", 24 * 60)) if sweep.profile_data else 24 * 60
+    total = len(pending) + len(queue)
+    last_report = 0.0
+    running: list[Submitted] = []
+    running.extend(pending)
+    while running or queue:
+        while queue and executor == "local" and sum(1 for r in running if not r.reattached) < parallel:
+            cell, archs = queue.pop(0)
+            running.append(submit_local(store, sweep, cell, archs, timeout_min=timeout_min,
+                                        checkpoint_every=checkpoint_every))
+            summary.submitted += 1
+        for s in list(running):
+            if _finished(store, s):
+                running.remove(s)
+                outcome = _settle(store, s)
+                if outcome == "done":
+                    summary.done += 1
+                else:
+                    summary.failed += 1
+                    fail = store.read_failure(s.cell.cell_id) or {}
+                    log(f"cell {s.cell.cell_id} ({s.cell.describe()}) FAILED: {fail.get('error')} "
+                        f"(log: {fail.get('log_path')})")
+        now = time.monotonic()
+        if now - last_report > 30 or not (running or queue):
+            log(f"progress: {summary.done + summary.failed}/{total} finished "
+                f"({summary.done} done, {summary.failed} failed), {len(running)} in flight, {len(queue)} waiting")
+            last_report = now
+        if running or queue:
+            time.sleep(poll_s)
+    summary.statuses = store_status(store, query=False)
+    return summary
+
+
+def cancel_store(store: Store, log: Callable[[str], None] = _log) -> list[str]:
+    """Cancel every tracked, still active job of a store; returns the cancelled job ids."""
+    _, cells = store.read_cells()
+    cancelled = []
+    for c in cells:
+        info = store.read_job(c["cell_id"])
+        active, state = is_active(store, info)
+        if not active or not info:
+            continue
+        job_id = str(info["job_id"])
+        if info.get("executor") == "slurm":
+            submitit.SlurmJob(folder=info.get("folder") or store.logs_dir, job_id=job_id).cancel(check=False)
+        elif info.get("executor") == "local":
+            try:
+                os.kill(int(job_id), signal.SIGINT)
+            except (ProcessLookupError, ValueError):
+                continue
+        store.update_job_state(c["cell_id"], "CANCELLED_BY_USER")
+        cancelled.append(job_id)
+        log(f"cancelled job {job_id} of cell {c['cell_id']} (was {state})")
+    return cancelled

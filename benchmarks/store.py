@@ -1,0 +1,258 @@
+"""The results store of a sweep: one folder, the contract between ``benchmarks`` and ``analysis``.
+
+Layout (``analysis`` reads exactly this; see the record schema below)::
+
+    <out>/spec.yaml                         the spec as run (copy)
+    <out>/cells.json                        {"sweep": name, "cells": [Cell.to_json(), ...]}
+    <out>/records/<cell_id>__<arch>.json    one per finished (cell, evaluation architecture)
+    <out>/synsets/<cell_id>.pt              the SyntheticSet, stored once per cell
+    <out>/failures/<cell_id>.json           {"cell_id", "error", "traceback", "log_path", "job_id", "created"}
+    <out>/jobs/<cell_id>.json               submitted job ids, executor, times (re-attach, no duplicates)
+    <out>/checkpoints/<cell_id>.pt          loop state of a running condensation (resume after requeue)
+    <out>/cache/                            reusable tensors (e.g. herding's feature network)
+    <out>/logs/                             submitit's folder: <job_id>_0_log.out/.err, pickles
+
+Every file is written atomically: a uniquely named temp file in the same folder, flushed and
+fsync'ed, then ``os.replace`` -- a crash at any point leaves either the old file or the new one,
+never a partial record. Readers ignore the ``.*.tmp`` leftovers of a crash.
+
+A record (``schema_version`` 1)::
+
+    {"schema": "condensation-bench/record", "schema_version": 1, "status": "done",
+     "cell_id", "sweep", "dataset", "ipc", "method", "label", "overrides", "method_config",
+     "seed", "train_arch", "eval_arch", "num_eval", "eval_epochs", "eval_augmentation",
+     "accuracies": [fractions in 0..1], "cost": {"condense_wall_time_s", "condense_peak_memory_mb",
+     "eval_wall_time_s", "eval_peak_memory_mb", "eval_train_time_s", "eval_test_time_s",
+     ... the method's counters from synset.cost}, "synset_path": "synsets/<cell_id>.pt" | null,
+     "code_version", "host", "device", "created" (ISO-8601 UTC)}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+RECORD_SCHEMA = "condensation-bench/record"
+RECORD_SCHEMA_VERSION = 1
+_ARCH_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via temp file + fsync + rename (never a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def read_json(path: Path) -> Optional[Any]:
+    """The parsed file, or None when it is missing or unreadable (e.g. an old partial write
+    by a foreign tool: our own writes are atomic)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+_CODE_VERSION: Optional[str] = None
+
+
+def code_version() -> str:
+    """``git describe --always --dirty`` of the checkout this code runs from, else the
+    installed package version (cached per process)."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        root = Path(__file__).resolve().parents[1]
+        version = None
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                capture_output=True, text=True, timeout=10,
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                version = "git:" + out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            version = None
+        if version is None:
+            try:
+                from importlib.metadata import version as _pkg_version
+
+                version = "condensation-bench " + _pkg_version("condensation-bench")
+            except Exception:
+                version = "unknown"
+        _CODE_VERSION = version
+    return _CODE_VERSION
+
+
+def arch_file_part(arch: str) -> str:
+    return _ARCH_SAFE.sub("_", arch)
+
+
+class Store:
+    """Paths and atomic reads/writes of one results folder (see module doc)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"Store('{self.root}')"
+
+    # -- layout -----------------------------------------------------------------------------
+    @property
+    def records_dir(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    def record_path(self, cell_id: str, arch: str) -> Path:
+        return self.records_dir / f"{cell_id}__{arch_file_part(arch)}.json"
+
+    def synset_path(self, cell_id: str) -> Path:
+        return self.root / "synsets" / f"{cell_id}.pt"
+
+    def synset_relpath(self, cell_id: str) -> str:
+        return f"synsets/{cell_id}.pt"
+
+    def checkpoint_path(self, cell_id: str) -> Path:
+        return self.root / "checkpoints" / f"{cell_id}.pt"
+
+    def failure_path(self, cell_id: str) -> Path:
+        return self.root / "failures" / f"{cell_id}.json"
+
+    def job_path(self, cell_id: str) -> Path:
+        return self.root / "jobs" / f"{cell_id}.json"
+
+    def exists(self) -> bool:
+        return (self.root / "cells.json").is_file()
+
+    # -- sweep ------------------------------------------------------------------------------
+    def init(self, sweep_name: str, spec_text: str, cells: list[Mapping[str, Any]]) -> None:
+        """Create the folder and write spec.yaml and cells.json (atomically, replacing the
+        previous ones: records of cells no longer in the spec stay on disk for analysis)."""
+        for sub in ("records", "synsets", "failures", "jobs", "checkpoints", "logs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.root / "spec.yaml", spec_text.encode())
+        atomic_write_json(self.root / "cells.json", {"sweep": sweep_name, "cells": list(cells)})
+
+    def read_cells(self) -> tuple[str, list[dict[str, Any]]]:
+        data = read_json(self.root / "cells.json")
+        if not isinstance(data, dict) or "cells" not in data:
+            from benchmarks import UserError
+
+            raise UserError(
+                f"{self.root} is not a results store (no readable cells.json); run a sweep with "
+                "`python -m benchmarks run SPEC` first"
+            )
+        return str(data.get("sweep", "")), list(data["cells"])
+
+    # -- records ----------------------------------------------------------------------------
+    def has_record(self, cell_id: str, arch: str) -> bool:
+        rec = read_json(self.record_path(cell_id, arch))
+        return isinstance(rec, dict) and rec.get("status") == "done"
+
+    def missing_archs(self, cell_id: str, archs: list[str]) -> list[str]:
+        return [a for a in archs if not self.has_record(cell_id, a)]
+
+    def write_record(self, record: Mapping[str, Any]) -> Path:
+        rec = dict(record)
+        rec.setdefault("schema", RECORD_SCHEMA)
+        rec.setdefault("schema_version", RECORD_SCHEMA_VERSION)
+        rec.setdefault("status", "done")
+        rec.setdefault("created", utc_now())
+        return atomic_write_json(self.record_path(rec["cell_id"], rec["eval_arch"]), rec)
+
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        if not self.records_dir.is_dir():
+            return
+        for path in sorted(self.records_dir.glob("*.json")):
+            rec = read_json(path)
+            if isinstance(rec, dict) and rec.get("schema") == RECORD_SCHEMA:
+                yield rec
+
+    def delete_cell_results(self, cell_id: str) -> None:
+        """Forget everything computed for a cell (``--force``)."""
+        for path in self.records_dir.glob(f"{cell_id}__*.json"):
+            path.unlink(missing_ok=True)
+        for path in (self.synset_path(cell_id), self.checkpoint_path(cell_id), self.failure_path(cell_id)):
+            path.unlink(missing_ok=True)
+
+    # -- failures ---------------------------------------------------------------------------
+    def write_failure(self, cell_id: str, error: str, traceback: str = "", log_path: Optional[str] = None,
+                      job_id: Optional[str] = None) -> Path:
+        return atomic_write_json(self.failure_path(cell_id), {
+            "cell_id": cell_id, "error": error, "traceback": traceback, "log_path": log_path,
+            "job_id": job_id, "created": utc_now(),
+        })
+
+    def read_failure(self, cell_id: str) -> Optional[dict[str, Any]]:
+        data = read_json(self.failure_path(cell_id))
+        return data if isinstance(data, dict) else None
+
+    def clear_failure(self, cell_id: str) -> None:
+        self.failure_path(cell_id).unlink(missing_ok=True)
+
+    # -- jobs -------------------------------------------------------------------------------
+    def read_job(self, cell_id: str) -> Optional[dict[str, Any]]:
+        data = read_json(self.job_path(cell_id))
+        return data if isinstance(data, dict) else None
+
+    def write_job(self, cell_id: str, *, job_id: str, executor: str, archs: list[str],
+                  log_path: Optional[str] = None, state: str = "SUBMITTED") -> dict[str, Any]:
+        """Track a submission; earlier job ids of the cell are kept in ``history``."""
+        old = self.read_job(cell_id) or {}
+        history = list(old.get("history", []))
+        if old.get("job_id") and old.get("job_id") != job_id:
+            history.append({k: old.get(k) for k in ("job_id", "executor", "submitted", "state")})
+        info = {
+            "cell_id": cell_id, "job_id": job_id, "executor": executor, "archs": list(archs),
+            "folder": str(self.logs_dir), "log_path": log_path, "submitted": utc_now(),
+            "state": state, "history": history,
+        }
+        atomic_write_json(self.job_path(cell_id), info)
+        return info
+
+    def update_job_state(self, cell_id: str, state: str) -> None:
+        info = self.read_job(cell_id)
+        if info is not None and info.get("state") != state:
+            info["state"] = state
+            info["updated"] = utc_now()
+            atomic_write_json(self.job_path(cell_id), info)

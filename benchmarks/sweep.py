@@ -1,0 +1,662 @@
+"""Sweep specs: a YAML file -> validated, expanded cells with stable ids.
+
+A sweep is data, not a script. The spec (see ``benchmarks/sweeps/example_commented.yaml`` for
+every key, documented) names datasets x IPCs x methods (each a registered method name, optionally
+with config overrides and a label) x seeds, the evaluation architectures, the number of
+evaluation networks, budgets, the output folder and the cluster profile. :func:`load_sweep`
+checks the *whole* spec before anything runs and raises :class:`SpecError` listing every problem
+with its YAML path (``methods[2].discrimination_weight: unknown config key ...``).
+
+A **cell** is one condensation run: (dataset, IPC, method + overrides, seed) plus the budgets
+that change its result. Evaluation architectures are *not* part of a cell's identity: each cell
+is evaluated on every architecture of ``eval_archs`` and writes one record per architecture, so
+adding an architecture later evaluates only the missing ones, reusing the stored synthetic set.
+
+Cell ids (:func:`cell_id`): the first 12 hex digits of the SHA-1 of the canonical JSON of every
+field that affects results -- dataset, ipc, method, canonicalised overrides (values normalised
+through the method's typed config, so ``0`` and ``0.0`` for a float field are the same cell),
+seed, iterations, num_eval, eval_epochs and the condensation architecture. The label, the
+output folder, the profile and the executor do not enter the id. The special method ``whole``
+is the whole-dataset baseline (no condensation; ``ipc`` is null).
+
+Relative paths in a spec (``output``, ``data_root``, ``tensor:`` datasets) are resolved against
+the current working directory of the launcher, like every other command-line path; jobs get the
+absolute paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+from benchmarks import UserError
+
+WHOLE = "whole"
+"""Pseudo-method: train on the whole training set (the upper bound of every table)."""
+
+ID_VERSION = 1
+"""Salt of the cell-id hash; bump only if the meaning of a cell's fields changes."""
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROFILE_DIR = REPO_ROOT / "slurm"
+SWEEP_DIR = Path(__file__).resolve().parent / "sweeps"
+
+TOP_KEYS = {
+    "name": "sweep name (default: the spec file's stem)",
+    "description": "free text",
+    "datasets": "list of dataset names",
+    "ipcs": "list of images-per-class",
+    "methods": "list of method names or {method: NAME, label: ..., budgets: {...}, <overrides>}",
+    "train_arch": "architecture used during condensation (default: each method's own)",
+    "eval_archs": "list of evaluation architectures",
+    "seeds": "list of integer seeds",
+    "num_eval": "number of evaluation networks per (cell, architecture)",
+    "budgets": "{iterations: int|null, eval_epochs: int|null}",
+    "output": "results folder",
+    "profile": "cluster profile: name of slurm/<name>.yaml or a path",
+    "data_root": "folder with the datasets",
+    "download": "download missing torchvision datasets in the jobs",
+    "device": "auto | cpu | cuda | cuda:N | mps",
+}
+BUDGET_KEYS = ("iterations", "eval_epochs")
+METHOD_ENTRY_KEYS = ("method", "label", "budgets")
+ARCH_FIELDS = ("model", "feature_net", "net", "arch")
+"""Config fields naming the network a method condenses with (first one present wins)."""
+
+PROFILE_KEYS = {
+    "partition": (str, type(None)),
+    "gpus_per_node": (int,),
+    "cpus_per_task": (int,),
+    "mem_gb": (int, float),
+    "timeout_min": (int,),
+    "account": (str, type(None)),
+    "qos": (str, type(None)),
+    "constraint": (str, type(None)),
+    "array_parallelism": (int,),
+    "additional_parameters": (dict, type(None)),
+    "setup": (list, type(None)),
+    "scale_with_ipc": (dict, type(None)),
+    "description": (str, type(None)),
+}
+SCALE_KEYS = ("reference_ipc", "time_exponent", "mem_exponent", "max_timeout_min", "max_mem_gb")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class SpecError(UserError):
+    """A sweep spec with problems; ``problems`` lists every one as ``path: message``."""
+
+    def __init__(self, problems: Sequence[str], source: str = "sweep spec") -> None:
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source} has {len(self.problems)} problem(s); nothing was submitted:\n{lines}")
+
+
+# --------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One condensation run of a sweep (evaluated on each of ``eval_archs``)."""
+
+    cell_id: str
+    dataset: str
+    ipc: Optional[int]
+    method: str
+    label: str
+    overrides: Mapping[str, Any]
+    seed: int
+    eval_archs: tuple[str, ...]
+    num_eval: int
+    eval_epochs: Optional[int]
+    iterations: Optional[int]
+    train_arch: Optional[str]
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["overrides"] = dict(self.overrides)
+        d["eval_archs"] = list(self.eval_archs)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Cell":
+        return cls(
+            cell_id=d["cell_id"], dataset=d["dataset"], ipc=d["ipc"], method=d["method"],
+            label=d["label"], overrides=dict(d.get("overrides") or {}), seed=int(d["seed"]),
+            eval_archs=tuple(d["eval_archs"]), num_eval=int(d["num_eval"]),
+            eval_epochs=d.get("eval_epochs"), iterations=d.get("iterations"),
+            train_arch=d.get("train_arch"),
+        )
+
+    @property
+    def is_whole(self) -> bool:
+        return self.method == WHOLE
+
+    def describe(self) -> str:
+        ipc = "whole" if self.ipc is None else f"ipc={self.ipc}"
+        return f"{self.dataset} {ipc} {self.label} seed={self.seed}"
+
+
+def id_fields(
+    *, dataset: str, ipc: Optional[int], method: str, overrides: Mapping[str, Any], seed: int,
+    iterations: Optional[int], num_eval: int, eval_epochs: Optional[int], train_arch: Optional[str],
+) -> dict[str, Any]:
+    """The fields a cell id is computed from (everything that affects the results)."""
+    return {
+        "v": ID_VERSION, "dataset": dataset, "ipc": ipc, "method": method,
+        "overrides": {k: overrides[k] for k in sorted(overrides)}, "seed": seed,
+        "iterations": iterations, "num_eval": num_eval, "eval_epochs": eval_epochs,
+        "train_arch": train_arch,
+    }
+
+
+def cell_id(**fields: Any) -> str:
+    """Stable 12-hex-digit id: SHA-1 of the canonical JSON of :func:`id_fields`."""
+    canonical = json.dumps(id_fields(**fields), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
+# The loaded sweep
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: its cells and where/how they run."""
+
+    name: str
+    cells: list[Cell]
+    output: Path
+    data_root: Path
+    download: bool
+    device: str
+    profile: Optional[str]
+    spec: dict[str, Any]
+    spec_text: str
+    source: str = "<spec>"
+    profile_path: Optional[Path] = None
+    profile_data: dict[str, Any] = field(default_factory=dict)
+
+
+def read_spec(source: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """Parse a spec file (or a sweep name from ``benchmarks/sweeps``); raise SpecError."""
+    path = resolve_spec_path(source)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([f"cannot read {path}: {exc.strerror or exc}"], str(source)) from exc
+    return parse_spec_text(text, str(path)), text
+
+
+def resolve_spec_path(source: str | os.PathLike) -> Path:
+    path = Path(source)
+    if path.is_file():
+        return path
+    for candidate in (SWEEP_DIR / f"{source}.yaml", SWEEP_DIR / str(source)):
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")))
+    raise SpecError([f"spec file {path} does not exist (shipped sweeps: {shipped})"], str(source))
+
+
+def parse_spec_text(text: str, source: str = "<spec>") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError([f"<yaml>: {where}invalid YAML ({problem})"], source) from exc
+    if not isinstance(data, dict):
+        raise SpecError(
+            [f"<root>: a sweep spec must be a mapping of keys ({', '.join(TOP_KEYS)}), got "
+             f"{type(data).__name__}"], source)
+    return data
+
+
+def load_sweep(
+    source: str | os.PathLike,
+    *,
+    output: Optional[str | os.PathLike] = None,
+    profile: Optional[str] = None,
+    check_data: bool = True,
+    check_output: bool = True,
+    need_profile: bool = False,
+) -> Sweep:
+    """Read, validate and expand a spec file; raise :class:`SpecError` with every problem.
+
+    ``output``/``profile`` override the spec's values (command-line flags). ``need_profile``
+    (slurm executor) makes a missing profile an error and defaults it to ``gpu``."""
+    spec, text = read_spec(source)
+    path = resolve_spec_path(source)
+    default_name = path.stem
+    return build_sweep(spec, text=text, source=str(path), default_name=default_name, output=output,
+                       profile=profile, check_data=check_data, check_output=check_output,
+                       need_profile=need_profile)
+
+
+def build_sweep(
+    spec: Mapping[str, Any],
+    *,
+    text: Optional[str] = None,
+    source: str = "<spec>",
+    default_name: str = "sweep",
+    output: Optional[str | os.PathLike] = None,
+    profile: Optional[str] = None,
+    check_data: bool = True,
+    check_output: bool = True,
+    need_profile: bool = False,
+) -> Sweep:
+    """Validate and expand an already-parsed spec (see :func:`load_sweep`)."""
+    spec = dict(spec)
+    if output is not None:
+        spec["output"] = str(output)
+    if profile is not None:
+        spec["profile"] = profile
+    v = _Validator(spec, check_data=check_data, check_output=check_output, need_profile=need_profile)
+    cells = v.run()
+    if v.problems:
+        raise SpecError(v.problems, source)
+    return Sweep(
+        name=str(spec.get("name") or default_name),
+        cells=cells,
+        output=v.output,
+        data_root=v.data_root,
+        download=bool(spec.get("download", False)),
+        device=str(spec.get("device", "auto")),
+        profile=v.profile_name,
+        spec=dict(spec),
+        spec_text=text if text is not None else yaml.safe_dump(dict(spec), sort_keys=False),
+        source=source,
+        profile_path=v.profile_path,
+        profile_data=v.profile_data,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_profile_path(name: str) -> Path:
+    """``gpu`` -> ``slurm/gpu.yaml``; anything with a slash or ``.yaml`` is a path."""
+    text = str(name)
+    if "/" in text or text.endswith((".yaml", ".yml")):
+        return Path(text).expanduser()
+    return PROFILE_DIR / f"{text}.yaml"
+
+
+def profile_problems(data: Any, where: str = "profile") -> list[str]:
+    """Every problem of a loaded profile mapping (unknown keys, wrong types)."""
+    if not isinstance(data, dict):
+        return [f"{where}: a profile must be a mapping, got {type(data).__name__}"]
+    problems = []
+    for key, value in data.items():
+        if key not in PROFILE_KEYS:
+            problems.append(f"{where}.{key}: unknown profile key; valid keys: {', '.join(PROFILE_KEYS)}")
+            continue
+        types = PROFILE_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            problems.append(f"{where}.{key}: must be {names}, got {value!r}")
+            continue
+        if key in ("gpus_per_node",) and value < 0:
+            problems.append(f"{where}.{key}: must be >= 0, got {value}")
+        if key in ("cpus_per_task", "timeout_min", "array_parallelism") and value < 1:
+            problems.append(f"{where}.{key}: must be >= 1, got {value}")
+        if key == "mem_gb" and value <= 0:
+            problems.append(f"{where}.{key}: must be > 0, got {value}")
+        if key == "scale_with_ipc" and value:
+            for sk, sv in value.items():
+                if sk not in SCALE_KEYS:
+                    problems.append(f"{where}.scale_with_ipc.{sk}: unknown key; valid keys: {', '.join(SCALE_KEYS)}")
+                elif sv is not None and (isinstance(sv, bool) or not isinstance(sv, (int, float)) or sv < 0):
+                    problems.append(f"{where}.scale_with_ipc.{sk}: must be a number >= 0, got {sv!r}")
+        if key == "setup" and value and not all(isinstance(s, str) for s in value):
+            problems.append(f"{where}.setup: must be a list of shell command strings")
+    return problems
+
+
+def load_profile(name: str) -> tuple[Path, dict[str, Any]]:
+    """Load and check a profile; raise :class:`SpecError` on any problem."""
+    path = resolve_profile_path(name)
+    problems, data = _read_profile(path, "profile")
+    if problems:
+        raise SpecError(problems, str(path))
+    return path, data
+
+
+def _read_profile(path: Path, where: str) -> tuple[list[str], dict[str, Any]]:
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        return [f"{where}: profile file {path} does not exist (shipped profiles: {shipped})"], {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        return [f"{where}: {path} is not valid YAML ({getattr(exc, 'problem', exc)})"], {}
+    return profile_problems(data, where), data if isinstance(data, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------
+# Validation + expansion
+# --------------------------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _as_list(v: Any) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+@dataclass
+class _MethodEntry:
+    where: str
+    method: str
+    label: str
+    overrides: dict[str, Any]
+    iterations: Optional[int]
+    eval_epochs: Optional[int]
+    train_arch: Optional[str]
+
+
+class _Validator:
+    """Collects every problem of a spec (never stops at the first) and builds its cells."""
+
+    def __init__(self, spec: dict[str, Any], *, check_data: bool, check_output: bool, need_profile: bool):
+        self.spec = spec
+        self.check_data = check_data
+        self.check_output = check_output
+        self.need_profile = need_profile
+        self.problems: list[str] = []
+        self.output = Path("results")
+        self.data_root = Path("data")
+        self.profile_name: Optional[str] = None
+        self.profile_path: Optional[Path] = None
+        self.profile_data: dict[str, Any] = {}
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    # -- top level --------------------------------------------------------------------------
+    def run(self) -> list[Cell]:
+        from benchmarks import data as bdata
+
+        s = self.spec
+        for key in s:
+            if key not in TOP_KEYS:
+                self.add(str(key), f"unknown key; valid keys: {', '.join(TOP_KEYS)}")
+        for key in ("datasets", "ipcs", "methods"):
+            if key not in s or s[key] in (None, [], ""):
+                self.add(key, "required (a non-empty list)")
+        if "name" in s and not isinstance(s["name"], str):
+            self.add("name", f"must be a string, got {s['name']!r}")
+        elif isinstance(s.get("name"), str) and not re.fullmatch(r"[A-Za-z0-9_.\-]+", s["name"]):
+            self.add("name", f"use letters, digits, '_', '-', '.' only, got {s['name']!r}")
+
+        # scalars
+        if "download" in s and not isinstance(s["download"], bool):
+            self.add("download", f"must be true or false, got {s['download']!r}")
+        device = s.get("device", "auto")
+        if not isinstance(device, str) or not _DEVICE_RE.match(device):
+            self.add("device", f"must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+        num_eval = s.get("num_eval", 5)
+        if not _is_int(num_eval) or num_eval < 1:
+            self.add("num_eval", f"must be an integer >= 1, got {num_eval!r}")
+            num_eval = 1
+        budgets = s.get("budgets") or {}
+        iterations, eval_epochs = self._budgets(budgets, "budgets", None, None)
+
+        seeds = []
+        for i, seed in enumerate(_as_list(s.get("seeds", [0]))):
+            if not _is_int(seed) or seed < 0:
+                self.add(f"seeds[{i}]", f"must be a non-negative integer, got {seed!r}")
+            else:
+                seeds.append(seed)
+        if len(set(seeds)) != len(seeds):
+            self.add("seeds", f"contains duplicates: {seeds}")
+
+        # paths
+        data_root = s.get("data_root", "data")
+        if not isinstance(data_root, str):
+            self.add("data_root", f"must be a path string, got {data_root!r}")
+            data_root = "data"
+        self.data_root = Path(data_root).expanduser().resolve()
+        output = s.get("output")
+        if output is None:
+            self.add("output", "required (the results folder), e.g. output: results/my-sweep")
+        elif not isinstance(output, str) or not output.strip():
+            self.add("output", f"must be a path string, got {output!r}")
+        else:
+            self.output = Path(output).expanduser().resolve()
+            if self.check_output:
+                msg = _unwritable(self.output)
+                if msg:
+                    self.add("output", msg)
+        self._profile(s.get("profile"))
+
+        # architectures
+        from methods.networks import canonical_network_name
+
+        eval_archs: list[str] = []
+        raw_archs = s.get("eval_archs", ["ConvNet"])
+        if raw_archs in (None, []):
+            self.add("eval_archs", "must name at least one architecture")
+        for i, arch in enumerate(_as_list(raw_archs or [])):
+            try:
+                name = canonical_network_name(arch)
+            except Exception as exc:  # MethodError
+                self.add(f"eval_archs[{i}]", str(exc))
+                continue
+            if name in eval_archs:
+                self.add(f"eval_archs[{i}]", f"duplicate architecture {name}")
+            else:
+                eval_archs.append(name)
+        train_arch = s.get("train_arch")
+        if train_arch is not None:
+            try:
+                train_arch = canonical_network_name(train_arch)
+            except Exception as exc:
+                self.add("train_arch", str(exc))
+                train_arch = None
+
+        # datasets
+        datasets: list[tuple[str, str, Any]] = []  # (where, name, info)
+        for i, name in enumerate(_as_list(s.get("datasets") or [])):
+            where = f"datasets[{i}]"
+            if not isinstance(name, str):
+                self.add(where, f"must be a dataset name, got {name!r}")
+                continue
+            try:
+                key = bdata.canonical_dataset_name(name)
+                if key.startswith(bdata.TENSOR_PREFIX):
+                    key = bdata.TENSOR_PREFIX + str(Path(key[len(bdata.TENSOR_PREFIX):]).expanduser().resolve())
+                if any(key == d[1] for d in datasets):
+                    self.add(where, f"duplicate dataset {key}")
+                    continue
+                missing = None
+                if self.check_data or bdata.is_tensor_dataset(key):
+                    missing = bdata.check_available(key, self.data_root, bool(s.get("download", False)))
+                    if missing:
+                        self.add(where, missing)
+                if missing and bdata.is_tensor_dataset(key):
+                    continue  # no file: no geometry to check IPCs against
+                info = bdata.dataset_info(key)
+            except bdata.DataError as exc:
+                self.add(where, str(exc))
+                continue
+            datasets.append((where, key, info))
+
+        ipcs: list[int] = []
+        for i, ipc in enumerate(_as_list(s.get("ipcs") or [])):
+            if not _is_int(ipc) or ipc < 1:
+                self.add(f"ipcs[{i}]", f"must be a positive integer, got {ipc!r}")
+            elif ipc in ipcs:
+                self.add(f"ipcs[{i}]", f"duplicate IPC {ipc}")
+            else:
+                ipcs.append(ipc)
+                for where, key, info in datasets:
+                    limit = info.min_train_per_class
+                    if limit is not None and ipc > limit:
+                        self.add(
+                            f"ipcs[{i}]",
+                            f"IPC {ipc} is impossible for {where}={key}: its smallest class has "
+                            f"{limit} training images (choose IPC <= {limit})",
+                        )
+
+        entries = [
+            e for i, m in enumerate(_as_list(s.get("methods") or []))
+            if (e := self._method(m, f"methods[{i}]", iterations, eval_epochs, train_arch)) is not None
+        ]
+
+        if self.problems:
+            return []
+        return self._expand(datasets, ipcs, entries, seeds, eval_archs, num_eval)
+
+    def _budgets(self, b: Any, where: str, iterations: Optional[int], eval_epochs: Optional[int]):
+        if not isinstance(b, dict):
+            self.add(where, f"must be a mapping {{iterations: ..., eval_epochs: ...}}, got {b!r}")
+            return iterations, eval_epochs
+        out = {"iterations": iterations, "eval_epochs": eval_epochs}
+        for key, value in b.items():
+            if key not in BUDGET_KEYS:
+                self.add(f"{where}.{key}", f"unknown budget; valid: {', '.join(BUDGET_KEYS)}")
+            elif value is not None and (not _is_int(value) or value < 1):
+                self.add(f"{where}.{key}", f"must be a positive integer or null, got {value!r}")
+            else:
+                out[key] = value
+        return out["iterations"], out["eval_epochs"]
+
+    def _profile(self, name: Any) -> None:
+        if name is None and self.need_profile:
+            name = "gpu"
+        if name is None:
+            return
+        if not isinstance(name, str):
+            self.add("profile", f"must be a profile name or path, got {name!r}")
+            return
+        path = resolve_profile_path(name)
+        problems, data = _read_profile(path, "profile")
+        self.problems.extend(problems)
+        self.profile_name, self.profile_path, self.profile_data = name, path.resolve(), data
+
+    def _method(self, m: Any, where: str, iterations, eval_epochs, train_arch) -> Optional[_MethodEntry]:
+        from methods import available_methods
+        from methods.base import config_problems, method_base_overrides, method_config_class
+
+        if isinstance(m, str):
+            m = {"method": m}
+        if not isinstance(m, dict):
+            self.add(where, f"must be a method name or a mapping with 'method', got {m!r}")
+            return None
+        name = m.get("method")
+        if not isinstance(name, str):
+            self.add(f"{where}.method", "required: the name of a registered method or 'whole'")
+            return None
+        name = name.lower()
+        label = m.get("label")
+        if label is not None and not isinstance(label, str):
+            self.add(f"{where}.label", f"must be a string, got {label!r}")
+            label = None
+        it, ep = self._budgets(m.get("budgets") or {}, f"{where}.budgets", iterations, eval_epochs)
+        overrides = {k: v for k, v in m.items() if k not in METHOD_ENTRY_KEYS}
+        if name == WHOLE:
+            for k in overrides:
+                self.add(f"{where}.{k}", "the whole-dataset baseline takes no config overrides")
+            return _MethodEntry(where, WHOLE, label or "whole dataset", {}, None, ep, None)
+        valid = available_methods()
+        if name not in valid:
+            self.add(f"{where}.method", f"unknown method '{m['method']}'; valid methods: "
+                     f"{', '.join(sorted(valid))}, {WHOLE}")
+            return None
+        cls = method_config_class(name)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        arch_field = next((f for f in ARCH_FIELDS if f in fields), None)
+        if train_arch is not None and arch_field and arch_field not in overrides:
+            overrides[arch_field] = train_arch
+        if arch_field and arch_field in overrides and isinstance(overrides[arch_field], str):
+            from methods.networks import canonical_network_name
+
+            try:
+                overrides[arch_field] = canonical_network_name(overrides[arch_field])
+            except Exception as exc:
+                self.add(f"{where}.{arch_field}", str(exc))
+                return None
+        before = len(self.problems)
+        for problem in config_problems(cls, overrides):
+            key = re.search(r"config key '([^']+)'", problem)
+            self.add(f"{where}.{key.group(1) if key else 'overrides'}", problem)
+        if len(self.problems) > before:
+            return None
+        try:
+            from methods import get_method
+
+            method = get_method(name, overrides)
+        except Exception as exc:  # MethodError from the config's own validate()
+            self.add(where, str(exc))
+            return None
+        if not getattr(method, "learned", True):
+            it = None  # coresets have no iteration budget: keep their cell ids independent of it
+        full = method.config.to_dict()
+        canonical = {k: full[k] for k in overrides if k in full}
+        base = method_base_overrides(name)
+        arch = full.get(arch_field) if arch_field else None
+        if label is None:
+            label = name if not canonical else name + "(" + ", ".join(
+                f"{k}={v}" for k, v in sorted(canonical.items()) if k not in base) + ")"
+        return _MethodEntry(where, name, label, canonical, it, ep, arch)
+
+    def _expand(self, datasets, ipcs, entries, seeds, eval_archs, num_eval) -> list[Cell]:
+        cells: list[Cell] = []
+        seen: dict[str, str] = {}
+        labels: dict[str, str] = {}
+        for e in entries:
+            if e.label in labels and labels[e.label] != e.where:
+                self.add(f"{e.where}.label", f"label '{e.label}' is already used by {labels[e.label]}")
+            labels.setdefault(e.label, e.where)
+        for _, dataset, _info in datasets:
+            for e in entries:
+                cell_ipcs: list[Optional[int]] = [None] if e.method == WHOLE else list(ipcs)
+                for ipc in cell_ipcs:
+                    for seed in seeds:
+                        fields = dict(dataset=dataset, ipc=ipc, method=e.method, overrides=e.overrides,
+                                      seed=seed, iterations=e.iterations, num_eval=num_eval,
+                                      eval_epochs=e.eval_epochs, train_arch=e.train_arch)
+                        cid = cell_id(**fields)
+                        if cid in seen:
+                            if seen[cid] != e.where:
+                                self.add(e.where, f"runs exactly the same cells as {seen[cid]} "
+                                         "(same method, overrides and budgets); remove one")
+                            continue
+                        seen[cid] = e.where
+                        cells.append(Cell(cell_id=cid, label=e.label, eval_archs=tuple(eval_archs),
+                                          **fields))
+        return [] if self.problems else cells
+
+
+def _unwritable(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be used as a results folder, or None (creates nothing)."""
+    if path.exists() and not path.is_dir():
+        return f"{path} exists and is not a folder"
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} (a parent of {path}) is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable (results folder {path}); choose another output"
+    return None

@@ -1,0 +1,157 @@
+"""``run``, ``status`` and ``cancel`` subcommands of ``python -m benchmarks`` (sweeps).
+
+``benchmarks/cli.py`` calls :func:`register` with its subparsers. Examples::
+
+    python -m benchmarks run quick --executor local              # shipped sweep by name
+    python -m benchmarks run benchmarks/sweeps/paper_main.yaml --dry-run
+    python -m benchmarks run my.yaml --executor slurm --profile gpu --no-wait
+    python -m benchmarks status results/quick
+    python -m benchmarks cancel results/quick
+
+Problems with a spec are printed all at once (with their YAML paths) and nothing is submitted;
+the exit status is then 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from typing import Optional, Sequence
+
+from benchmarks import UserError
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Add ``run``, ``status`` and ``cancel`` to the ``python -m benchmarks`` parser."""
+    p = subparsers.add_parser(
+        "run", help="validate a sweep spec and run its cells (skips finished ones)",
+        description="Validate SPEC completely, then run every unfinished cell. Re-running is "
+        "safe: finished cells are skipped and queued/running jobs of an earlier launcher are "
+        "re-attached, never submitted twice.",
+    )
+    p.add_argument("spec", help="sweep YAML file, or the name of a shipped sweep (quick, paper_main, ...)")
+    p.add_argument("--executor", choices=("slurm", "local", "debug"), default="slurm",
+                   help="slurm: job arrays via submitit; local: subprocesses here; debug: in this process")
+    p.add_argument("--profile", help="cluster profile (slurm/<name>.yaml or a path); overrides the spec's")
+    p.add_argument("--output", help="results folder; overrides the spec's 'output'")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and sbatch parameters; run nothing")
+    p.add_argument("--force", action="store_true", help="redo finished cells (deletes their records and synsets)")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit and return; check later with `status`")
+    p.add_argument("--parallel", type=int, default=1, help="local executor: cells running at once (default 1)")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoint saves")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between job state polls")
+    p.set_defaults(func=cmd_run)
+
+    s = subparsers.add_parser("status", help="state of every cell of a results store")
+    s.add_argument("results", help="results folder of a sweep")
+    s.add_argument("--no-query", action="store_true", help="do not ask SLURM about tracked jobs")
+    s.set_defaults(func=cmd_status)
+
+    c = subparsers.add_parser("cancel", help="cancel the queued/running jobs of a results store")
+    c.add_argument("results", help="results folder of a sweep")
+    c.set_defaults(func=cmd_cancel)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks.jobs import run_sweep, sbatch_preview, slurm_parameters
+    from benchmarks.store import Store
+    from benchmarks.sweep import load_sweep
+
+    if args.parallel < 1 or args.checkpoint_every < 1:
+        raise UserError("--parallel and --checkpoint-every must be >= 1")
+    sweep = load_sweep(args.spec, output=args.output, profile=args.profile,
+                       need_profile=args.executor == "slurm")
+    if args.dry_run:
+        store = Store(sweep.output)
+        print(f"sweep '{sweep.name}' from {sweep.source}: {len(sweep.cells)} cells -> {sweep.output}")
+        print(f"{'cell_id':12}  {'dataset':12} {'ipc':>5}  {'method / label':34} {'seed':>4}  "
+              f"{'iters':>6} {'epochs':>6}  eval archs  [state]")
+        for cell in sweep.cells:
+            missing = store.missing_archs(cell.cell_id, list(cell.eval_archs)) if store.exists() else list(cell.eval_archs)
+            state = "done" if not missing else ("partial" if len(missing) < len(cell.eval_archs) else "to run")
+            print(f"{cell.cell_id:12}  {cell.dataset[:12]:12} {str(cell.ipc or '-'):>5}  {cell.label[:34]:34} "
+                  f"{cell.seed:>4}  {str(cell.iterations or 'dflt'):>6} {str(cell.eval_epochs or 'dflt'):>6}  "
+                  f"{','.join(cell.eval_archs)}  [{state}]")
+        if args.executor == "slurm":
+            groups: dict[tuple, list[str]] = {}
+            for cell in sweep.cells:
+                params = slurm_parameters(sweep.profile_data, cell.ipc, job_name=f"cb-{sweep.name}")
+                key = tuple(sbatch_preview(params, store.logs_dir))
+                groups.setdefault(key, []).append(str(cell.ipc) if cell.ipc is not None else "whole")
+            print(f"\nprofile {sweep.profile} ({sweep.profile_path}): {len(groups)} job array(s)")
+            for lines, ipcs in groups.items():
+                print(f"  array for {len(ipcs)} cell(s) (IPC {', '.join(sorted(set(ipcs)))}):")
+                for line in lines:
+                    print(f"    {line}")
+        print("\ndry run: nothing submitted")
+        return 0
+    summary = run_sweep(sweep, executor=args.executor, force=args.force, wait=not args.no_wait,
+                        parallel=args.parallel, poll_s=args.poll, checkpoint_every=args.checkpoint_every)
+    print()
+    print(f"summary: {len(sweep.cells)} cells; {summary.skipped} already finished, {summary.submitted} submitted, "
+          f"{summary.reattached} re-attached; this run: {summary.done} done, {summary.failed} failed"
+          + (f", {summary.still_running} still queued/running" if summary.still_running else ""))
+    print_status_table(summary.statuses)
+    print(f"results: {sweep.output}   (status: python -m benchmarks status {sweep.output})")
+    return 1 if summary.failed else 0
+
+
+def print_status_table(statuses: Sequence, file=None) -> None:
+    out = file or sys.stdout
+    if not statuses:
+        return
+    print(f"{'cell_id':12}  {'status':8} {'job':>12}  {'dataset':10} {'ipc':>5}  {'label':28} {'seed':>4}  detail",
+          file=out)
+    for st in statuses:
+        c = st.cell
+        detail = ""
+        if st.status == "failed":
+            detail = f"{(st.error or '')[:80]}  log: {st.log_path}"
+        elif st.status in ("running", "pending"):
+            detail = f"{st.job_state}  log: {st.log_path}"
+        elif st.status == "partial":
+            detail = f"missing archs: {', '.join(st.missing_archs)}"
+        print(f"{c.cell_id:12}  {st.status:8} {str(st.job_id or '-'):>12}  {c.dataset[:10]:10} "
+              f"{str(c.ipc or '-'):>5}  {c.label[:28]:28} {c.seed:>4}  {detail}", file=out)
+    counts = Counter(st.status for st in statuses)
+    order = ("done", "running", "pending", "failed", "partial", "missing")
+    print("total: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in order) + f" (of {len(statuses)})", file=out)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from benchmarks.jobs import store_status
+    from benchmarks.store import Store
+
+    store = Store(args.results)
+    name, _ = store.read_cells()
+    statuses = store_status(store, query=not args.no_query)
+    print(f"sweep '{name}' in {store.root}")
+    print_status_table(statuses)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from benchmarks.jobs import cancel_store
+    from benchmarks.store import Store
+
+    store = Store(args.results)
+    cancelled = cancel_store(store)
+    print(f"cancelled {len(cancelled)} job(s)")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Stand-alone entry (``python -m benchmarks.sweep_cli``) with the same subcommands."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
