@@ -1,0 +1,387 @@
+"""Command line: ``python -m benchmarks`` / ``condbench``.
+
+Subcommands: ``condense`` (one method, dataset, IPC, seed -> a synthetic-set ``.pt``),
+``evaluate`` (a synthetic set x architectures -> mean ± std table + JSON record), ``whole``
+(whole-dataset baseline) and ``list`` (methods, datasets, architectures). The sweep commands
+(``run``/``status``/``cancel``) come from :mod:`benchmarks.sweep_cli` when it is installed.
+
+Errors the user can fix (unknown names, impossible IPC, missing data, unreadable files, bad
+``--set``) print one line to stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from benchmarks import UserError
+from methods.base import MethodError, SyntheticSetFormatError
+
+log = logging.getLogger("condbench")
+
+EXIT_USER_ERROR = 2
+
+_EPILOG_MAIN = """\
+examples:
+  condbench list
+  condbench condense --method random --dataset digits --ipc 10 --out synsets/random_digits_10.pt
+  condbench evaluate synsets/random_digits_10.pt --arch ConvNet --num-eval 5
+  condbench whole --dataset digits --arch ConvNet --num-eval 3
+
+data: --data-root (default ./data, or $CONDBENCH_DATA) holds torchvision's folders; add --download
+to fetch MNIST/FashionMNIST/SVHN/CIFAR. 'digits' ships with scikit-learn and needs nothing.
+"""
+
+_EPILOG_CONDENSE = """\
+examples:
+  condbench condense --method random --dataset digits --ipc 10
+  condbench condense --method dc --dataset fashionmnist --ipc 1 --iterations 200 \\
+      --set outer_loop=1 --checkpoint runs/dc.ckpt --out synsets/dc_fmnist_1.pt
+  condbench condense --method herding --dataset cifar10 --ipc 10 --download --cache-dir cache/
+
+--set KEY=VALUE overrides one field of the method's config; VALUE is parsed as YAML
+(--set dsa=true, --set lr_img=0.01, --set layers=[1,2]). See `condbench list` for methods.
+"""
+
+_EPILOG_EVALUATE = """\
+examples:
+  condbench evaluate synsets/random_digits_ipc10_seed0.pt
+  condbench evaluate syn.pt --arch ConvNet,ResNet18 --arch LeNet --num-eval 20 --json res.json
+  condbench evaluate syn.pt --epochs 50 --num-eval 2      # quick check, not the protocol
+
+The protocol is the reference evaluate_synset: fresh networks, SGD lr 0.01 (x0.1 after epoch
+E//2+1, optimiser re-created), final-epoch test accuracy. Epochs default to the method's rule
+(1000 with DSA/DC augmentation, else 300; 600 for CAFE).
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def parse_overrides(items: Optional[Sequence[str]]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: yaml(v)}``; raises :class:`UserError` on bad syntax."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {key}: value '{raw}' is not valid YAML ({str(exc).splitlines()[0]})") from exc
+    return out
+
+
+def parse_archs(items: Optional[Sequence[str]]) -> list[str]:
+    """Repeatable / comma-separated ``--arch`` -> canonical names (unknown -> MethodError)."""
+    from methods.networks import canonical_network_name
+
+    names: list[str] = []
+    for item in items or ["ConvNet"]:
+        for part in item.split(","):
+            if part.strip():
+                name = canonical_network_name(part.strip())
+                if name not in names:
+                    names.append(name)
+    if not names:
+        raise UserError("--arch needs at least one architecture name")
+    return names
+
+
+def write_json(record: Any, path: str | os.PathLike) -> Path:
+    """Write ``record`` as indented JSON atomically."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def format_table(results: Sequence[Any]) -> str:
+    """A small fixed-width table of :class:`~benchmarks.evaluate.EvalResult` rows."""
+    header = ("architecture", "nets", "epochs", "augmentation", "accuracy (%)", "time (s)")
+    rows = [
+        (r.arch, str(r.num_eval), str(r.epochs), r.augmentation, f"{100 * r.mean:.2f} ± {100 * r.std:.2f}",
+         f"{r.wall_time_s:.1f}")
+        for r in results
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def _code_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("condensation-bench")
+    except Exception:
+        return "unknown"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_condense(args: argparse.Namespace) -> int:
+    from benchmarks.pipeline import default_synset_path, run_condense
+
+    overrides = parse_overrides(args.set)
+    out = Path(args.out) if args.out else default_synset_path(args.method, args.dataset, args.ipc, args.seed)
+    synset = run_condense(
+        args.method, overrides, args.dataset, args.ipc, args.seed,
+        data_root=args.data_root, device=args.device, download=args.download,
+        iterations=args.iterations, checkpoint_path=args.checkpoint,
+        checkpoint_every=args.checkpoint_every, cache_dir=args.cache_dir,
+        progress=args.progress, log=log.info,
+    )
+    try:
+        synset.save(out)
+    except OSError as exc:
+        raise UserError(f"cannot write the synthetic set to {out}: {exc.strerror or exc}") from exc
+    print(f"wrote {out}  ({synset.method}, {synset.dataset}, IPC {synset.ipc}, {len(synset)} images, "
+          f"{synset.cost.get('wall_time_s', 0.0):.1f} s)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from benchmarks.data import load_dataset
+    from benchmarks.evaluate import evaluate_synset
+    from benchmarks.pipeline import resolve_device
+    from methods.base import SyntheticSet
+
+    archs = parse_archs(args.arch)
+    device = resolve_device(args.device)
+    synset = SyntheticSet.load(args.synset)
+    dataset = load_dataset(args.dataset or synset.dataset, data_root=args.data_root, device=device,
+                           download=args.download)
+    results = [
+        evaluate_synset(synset, dataset, arch, num_eval=args.num_eval, epochs=args.epochs, seed=args.seed,
+                        device=device, progress=args.progress)
+        for arch in archs
+    ]
+    print(f"{synset.method} on {dataset.name}, IPC {synset.ipc} (synthetic-set seed {synset.seed})")
+    print(format_table(results))
+    record = {
+        "kind": "evaluation",
+        "synset": str(args.synset),
+        "method": synset.method,
+        "dataset": dataset.name,
+        "ipc": synset.ipc,
+        "synset_seed": synset.seed,
+        "config": synset.config,
+        "eval_defaults": synset.eval_defaults,
+        "condense_cost": synset.cost,
+        "eval_seed": args.seed,
+        "code_version": _code_version(),
+        "results": [r.to_dict() for r in results],
+    }
+    json_path = Path(args.json) if args.json else Path(args.synset).with_suffix(".eval.json")
+    write_json(record, json_path)
+    print(f"wrote {json_path}")
+    return 0
+
+
+def cmd_whole(args: argparse.Namespace) -> int:
+    from benchmarks.data import load_dataset
+    from benchmarks.evaluate import evaluate_whole_dataset
+    from benchmarks.pipeline import resolve_device
+
+    archs = parse_archs(args.arch)
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.dataset, data_root=args.data_root, device=device, download=args.download)
+    results = [
+        evaluate_whole_dataset(dataset, arch, num_eval=args.num_eval, epochs=args.epochs, seed=args.seed,
+                               device=device, progress=args.progress)
+        for arch in archs
+    ]
+    print(f"whole training set of {dataset.name} ({len(dataset.train)} images)")
+    print(format_table(results))
+    if args.json:
+        record = {
+            "kind": "whole_dataset",
+            "dataset": dataset.name,
+            "train_size": len(dataset.train),
+            "eval_seed": args.seed,
+            "code_version": _code_version(),
+            "results": [r.to_dict() for r in results],
+        }
+        print(f"wrote {write_json(record, args.json)}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from benchmarks.data import _SPECS, dataset_names
+    from methods.base import available_methods
+    from methods.networks import network_names
+
+    what = args.what
+    if what in ("all", "methods"):
+        print("methods:")
+        for name, desc in available_methods().items():
+            print(f"  {name:<14} {desc}")
+    if what in ("all", "datasets"):
+        print("datasets:")
+        for name in dataset_names():
+            spec = _SPECS.get(name)
+            if spec is None:
+                print(f"  {name:<14} your own data in one .pt file (see benchmarks.data.save_tensor_dataset)")
+            else:
+                i = spec.info
+                print(f"  {name:<14} {i.channel}x{i.im_size[0]}x{i.im_size[1]}, {i.num_classes} classes, "
+                      f"max IPC {i.min_train_per_class}")
+    if what in ("all", "architectures"):
+        print("architectures:")
+        names = network_names()
+        for start in range(0, len(names), 6):
+            print("  " + ", ".join(names[start:start + 6]))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--data-root", default=os.environ.get("CONDBENCH_DATA", "data"),
+                   help="folder holding the datasets (default: $CONDBENCH_DATA or ./data)")
+    p.add_argument("--download", action="store_true", help="download torchvision datasets that are missing")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="show tqdm progress bars (default: when stderr is a terminal)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="condbench",
+        description="Dataset-condensation benchmark suite: condense datasets with CAFE/DC/DSA/DM or "
+                    "coreset baselines and evaluate them with the reference protocol.",
+        epilog=_EPILOG_MAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("condense", help="condense one dataset with one method into a .pt synthetic set",
+                       description="Run one condensation method on one dataset at one IPC and seed.",
+                       epilog=_EPILOG_CONDENSE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", required=True, help="method name (see `condbench list methods`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable, YAML value)")
+    p.add_argument("--dataset", required=True, help="dataset name or tensor:<file.pt>")
+    p.add_argument("--ipc", type=int, required=True, help="images per class")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--iterations", type=int, help="override the method's iteration budget")
+    p.add_argument("--out", help="output file (default synsets/<method>_<dataset>_ipc<N>_seed<S>.pt)")
+    p.add_argument("--checkpoint", help="checkpoint file: saved periodically, resumed from if present")
+    p.add_argument("--checkpoint-every", type=_positive, default=10, help="iterations between checkpoints (10)")
+    p.add_argument("--cache-dir", help="folder for reusable tensors (e.g. herding's feature network)")
+    _add_common(p)
+    p.set_defaults(func=cmd_condense)
+
+    p = sub.add_parser("evaluate", help="evaluate a synthetic set with the reference protocol",
+                       description="Train fresh networks on a synthetic set and report test accuracy "
+                                   "(mean ± std); writes a JSON record.",
+                       epilog=_EPILOG_EVALUATE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("synset", help="synthetic set .pt written by `condbench condense`")
+    p.add_argument("--arch", action="append", help="evaluation architecture(s), repeatable or comma list (ConvNet)")
+    p.add_argument("--num-eval", type=_positive, default=20, help="networks per architecture (20)")
+    p.add_argument("--epochs", type=_non_negative, help="override the protocol's epoch count")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation networks (0)")
+    p.add_argument("--dataset", help="evaluate on this dataset instead of the one recorded in the set")
+    p.add_argument("--json", help="JSON record path (default: next to SYNSET, *.eval.json)")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("whole", help="whole-dataset baseline: train on the full training set",
+                       description="Train networks on the whole training set with the evaluation "
+                                   "protocol (the upper bound condensation is compared with).",
+                       epilog="example:\n  condbench whole --dataset digits --arch ConvNet --num-eval 3 --epochs 20",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="dataset name or tensor:<file.pt>")
+    p.add_argument("--arch", action="append", help="architecture(s), repeatable or comma list (ConvNet)")
+    p.add_argument("--num-eval", type=_positive, default=5, help="networks per architecture (5)")
+    p.add_argument("--epochs", type=_non_negative, default=20, help="training epochs (20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the networks (0)")
+    p.add_argument("--json", help="write a JSON record here")
+    _add_common(p)
+    p.set_defaults(func=cmd_whole)
+
+    p = sub.add_parser("list", help="list methods, datasets and architectures")
+    p.add_argument("what", nargs="?", default="all", choices=["all", "methods", "datasets", "architectures"])
+    p.set_defaults(func=cmd_list)
+
+    try:
+        sweep_cli = importlib.import_module("benchmarks.sweep_cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != "benchmarks.sweep_cli":  # a missing dependency *inside* sweep_cli
+            raise
+    else:
+        sweep_cli.register(sub)
+    return parser
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, MethodError, SyntheticSetFormatError) as exc:
+        print(f"condbench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("condbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
