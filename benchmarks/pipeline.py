@@ -86,8 +86,9 @@ def run_condense(
     iterations and resuming from an existing file; the file is left in place after success
     (the caller decides when to delete it). ``cache_dir`` holds reusable tensors such as
     herding's feature network. ``on_context`` receives the live :class:`RunContext` before the
-    method starts (sweep jobs call its ``save_latest`` from the preemption handler). Raises :class:`MethodError`, :class:`~benchmarks.data.DataError`
-    or :class:`~benchmarks.storage.CheckpointError` for user-fixable problems."""
+    method starts (sweep jobs call its ``save_latest`` from the preemption handler). Raises
+    :class:`MethodError`, :class:`~benchmarks.data.DataError` or
+    :class:`~benchmarks.storage.CheckpointError` for user-fixable problems."""
     logger = log or (lambda msg: _log.info("%s", msg))
     method = get_method(method_name, overrides)  # unknown method / bad override: fail before data
     if iterations is not None and (not isinstance(iterations, int) or iterations <= 0):
