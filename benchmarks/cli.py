@@ -185,7 +185,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from benchmarks.data import load_dataset
+    from benchmarks.data import DataError, canonical_dataset_name, load_dataset
     from benchmarks.evaluate import evaluate_synset
     from benchmarks.pipeline import resolve_device
     from methods.base import SyntheticSet
@@ -193,6 +193,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     archs = parse_archs(args.arch)
     device = resolve_device(args.device)
     synset = SyntheticSet.load(args.synset)
+    if not args.dataset:
+        try:
+            canonical_dataset_name(synset.dataset)
+        except DataError:
+            raise UserError(
+                f"{args.synset} records dataset '{synset.dataset}', which is not a dataset name this "
+                "suite can load; pass --dataset NAME (or tensor:<file.pt>)"
+            ) from None
     dataset = load_dataset(args.dataset or synset.dataset, data_root=args.data_root, device=device,
                            download=args.download)
     results = [

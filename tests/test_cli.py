@@ -57,6 +57,8 @@ def _bad_cases(tmp_path: Path, synset_file: Path):
     garbage.write_bytes(os.urandom(512))
     empty = tmp_path / "empty_root"
     empty.mkdir()
+    custom = SyntheticSet(torch.zeros(2, 1, 16, 16), torch.tensor([0, 1]), "random", {}, 0, 1, 2,
+                          dataset="custom").save(tmp_path / "custom.pt")
     base = ["condense", "--dataset", "digits", "--ipc", "1", "--out", str(tmp_path / "o.pt")]
     return {
         "unknown method": (["condense", "--method", "nosuch", "--dataset", "digits", "--ipc", "1"],
@@ -80,12 +82,13 @@ def _bad_cases(tmp_path: Path, synset_file: Path):
         "bad --set syntax": (base[:1] + ["--method", "random", "--set", "foo"] + base[1:],
                              "--set expects KEY=VALUE, got 'foo'"),
         "missing synset": (["evaluate", str(tmp_path / "nope.pt")], "does not exist"),
+        "synset of an unknown dataset": (["evaluate", str(custom)], "records dataset 'custom'"),
     }
 
 
 CASES = ["unknown method", "unknown dataset", "unknown architecture", "ipc zero", "ipc negative",
          "ipc too large", "missing data", "unreadable synset", "unknown --set key", "bad --set syntax",
-         "missing synset"]
+         "missing synset", "synset of an unknown dataset"]
 
 
 @pytest.mark.parametrize("case", CASES)
