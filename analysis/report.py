@@ -1,0 +1,235 @@
+"""``report``: every table and figure the data supports, plus one ``report.md`` page.
+
+Layout of ``--out DIR``::
+
+    DIR/report.md                     header (sweep, records, missing/failed cells, hardware),
+                                      the tables inline and the figures as relative links
+    DIR/tables/<name>.{md,tex,csv}    main, main_published (when published numbers match),
+                                      cross, ablation, cost
+    DIR/figures/<name>.{png,pdf}      accuracy_vs_ipc, cross_heatmap, ablation, cost_scatter,
+                                      image_grid_<dataset>_ipc<k>
+
+A table or figure the data cannot support (no cross-architecture evaluations, no CAFE
+variants, no synthetic sets) is left out and the page says why. The output is deterministic:
+no timestamps other than those in the records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from analysis.load import AnalysisError, Results, dataset_display, dataset_key, label_display, load_results
+from analysis.tables import Table, ablation_table, cost_table, cross_table, has_ablation, has_cross, main_table, md_escape
+
+
+@dataclass
+class ReportSummary:
+    out: Path
+    tables: list[Path] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "what: why"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.md"
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and check a file can be written there (AnalysisError if not)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".condbench-write-test"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise AnalysisError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from exc
+
+
+def _write(path: Path, text: str) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise AnalysisError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def _figure(summary: ReportSummary, name: str, title: str, make: Callable, figs_dir: Path, entries: list) -> None:
+    from analysis.figures import save_figure
+
+    try:
+        fig = make()
+    except AnalysisError as exc:
+        summary.skipped.append(f"figure {name}: {exc}")
+        return
+    except ImportError as exc:  # image grid needs torch/methods
+        summary.skipped.append(f"figure {name}: {exc}")
+        return
+    paths = save_figure(fig, figs_dir / name)
+    summary.figures.extend(paths)
+    entries.append((title, f"figures/{name}.png"))
+
+
+def write_report(paths: Iterable[str | Path], out: str | Path, *, results: Optional[Results] = None) -> ReportSummary:
+    """Load ``paths`` and write the report folder ``out``; returns what was written."""
+    from analysis import figures as F
+
+    out = Path(out)
+    results = results if results is not None else load_results(paths)
+    if results.runs.empty:
+        raise AnalysisError("no usable records in " + ", ".join(results.stores) + _problem_hint(results))
+    ensure_writable(out)
+    summary = ReportSummary(out=out)
+    tdir, fdir = out / "tables", out / "figures"
+
+    def emit(table: Table, name: Optional[str] = None) -> Table:
+        name = name or table.name
+        for fmt, ext in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
+            summary.tables.append(_write(tdir / f"{name}.{ext}", table.render(fmt)))
+        return table
+
+    sections: list[str] = []
+    main = emit(main_table(results))
+    sections.append("## Main table\n\n" + main.to_markdown())
+    pub = main_table(results, published=True)
+    if (pub.data["published_confirmed"] != "").any():
+        emit(pub, "main_published")
+        sections.append("### Against published numbers\n\n" + pub.to_markdown())
+    else:
+        summary.skipped.append("table main_published: no published number matches these datasets/IPCs/methods")
+    figs: list = []
+    _figure(summary, "accuracy_vs_ipc", "Accuracy vs images per class", lambda: F.accuracy_vs_ipc(results), fdir, figs)
+    sections.append(_figs_md(figs))
+
+    if has_cross(results):
+        cross = emit(cross_table(results, published=True))
+        figs = []
+        _figure(summary, "cross_heatmap", "Cross-architecture accuracy", lambda: F.cross_heatmap(results), fdir, figs)
+        sections.append("## Cross-architecture\n\n" + cross.to_markdown() + _figs_md(figs))
+    else:
+        summary.skipped.append("cross-architecture table/figure: every record was evaluated on its training architecture")
+
+    if has_ablation(results):
+        abl = emit(ablation_table(results))
+        figs = []
+        _figure(summary, "ablation", "CAFE ablation", lambda: F.ablation_bars(results), fdir, figs)
+        sections.append("## CAFE ablation\n\n" + abl.to_markdown() + _figs_md(figs))
+    else:
+        summary.skipped.append("ablation table/figure: fewer than two CAFE variants on any dataset/IPC")
+
+    cost = emit(cost_table(results))
+    figs = []
+    _figure(summary, "cost_scatter", "Condensation cost vs accuracy", lambda: F.cost_scatter(results), fdir, figs)
+    sections.append("## Cost\n\n" + cost.to_markdown() + _figs_md(figs))
+
+    figs = []
+    choices = F.synset_choices(results)
+    if choices.empty:
+        summary.skipped.append("image grids: no synthetic sets (synsets/*.pt) found")
+    for d in sorted(set(choices["dataset"]), key=dataset_key):
+        for ipc in sorted(int(i) for i in choices.loc[choices["dataset"] == d, "ipc"].unique()):
+            _figure(
+                summary,
+                f"image_grid_{d}_ipc{ipc}",
+                f"Synthetic images: {dataset_display(d)}, IPC {ipc}",
+                lambda d=d, ipc=ipc: F.image_grid(results, dataset=d, ipc=ipc),
+                fdir,
+                figs,
+            )
+    if figs:
+        sections.append("## Synthetic images\n\n" + _figs_md(figs).lstrip("\n"))
+
+    text = _header(results) + "\n" + "\n".join(s.rstrip("\n") + "\n" for s in sections if s.strip())
+    text += "\n" + _status_md(results, summary)
+    _write(out / "report.md", text)
+    return summary
+
+
+def _code(value) -> str:
+    """A Markdown code span (paths, ids, error messages stay literal), safe inside a table."""
+    text = str(value).replace("`", "'").replace("|", "\\|").replace("\n", " ")
+    return f"`{text}`"
+
+
+def _problem_hint(results: Results) -> str:
+    if results.problems:
+        return f" ({len(results.problems)} file(s) skipped: first {results.problems[0]})"
+    return ""
+
+
+def _figs_md(figs: list) -> str:
+    if not figs:
+        return ""
+    return "\n" + "\n".join(f"![{title}]({link})\n" for title, link in figs)
+
+
+def _header(results: Results) -> str:
+    sweeps = ", ".join(dict.fromkeys(results.sweeps))
+    rec, runs = results.records, results.runs
+    miss = results.missing
+    planned = len(results.cells)
+    counts = miss["status"].value_counts().to_dict() if not miss.empty else {}
+    lines = [
+        f"# Sweep report: {md_escape(sweeps)}",
+        "",
+        "| | |",
+        "|:---|:---|",
+        f"| Results | {', '.join(_code(s) for s in results.stores)} |",
+        f"| Records | {len(rec)} usable ({len(runs)} evaluation runs); {len(results.problems)} file(s) skipped |",
+        f"| Cells × eval archs | {planned} planned, {planned - len(miss) if planned else len(rec)} done, "
+        f"{len(miss)} missing ({counts.get('not run', 0)} not run, {counts.get('failed', 0)} failed, "
+        f"{counts.get('corrupt record', 0)} corrupt record) |",
+        f"| Failed cells | {len(results.failures)} |",
+        f"| Hardware | {md_escape('; '.join(results.hardware()) or 'unknown')} |",
+    ]
+    versions = sorted({str(v) for v in rec["code_version"].dropna()}) if "code_version" in rec else []
+    if versions:
+        lines.append(f"| Code version | {md_escape(', '.join(versions))} |")
+    created = sorted(str(c) for c in rec["created"].dropna()) if "created" in rec else []
+    if created:
+        lines.append(f"| Records written | {md_escape(created[0])} … {md_escape(created[-1])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _status_md(results: Results, summary: ReportSummary) -> str:
+    parts = ["## Missing and failed cells\n"]
+    miss = results.missing
+    if miss.empty:
+        parts.append("None: every planned cell has a record.\n" if len(results.cells) else "No cells.json: missing cells cannot be listed.\n")
+    else:
+        parts.append("| Cell | Eval arch | Dataset | IPC | Method | Seed | Status | Detail |")
+        parts.append("|:---|:---|:---|---:|:---|---:|:---|:---|")
+        for _, r in miss.iterrows():
+            ipc = "–" if r["ipc"] is None or r["ipc"] != r["ipc"] else str(r["ipc"])
+            parts.append(
+                f"| {_code(r['cell_id'])} | {md_escape(r['eval_arch'])} | {dataset_display(r['dataset'])} | {ipc} | "
+                f"{md_escape(label_display(r['label']))} | {r['seed']} | {r['status']} | {_code(r['detail']) if r['detail'] else '–'} |"
+            )
+        parts.append("")
+    if not results.failures.empty:
+        parts.append("### Failures\n")
+        parts.append("| Cell | Error | Log | Job |")
+        parts.append("|:---|:---|:---|:---|")
+        for _, f in results.failures.iterrows():
+            parts.append(
+                f"| {_code(f['cell_id'])} | {_code(f['error'])} | {_code(f['log_path']) if f['log_path'] else '–'} | "
+                f"{_code(f['job_id']) if f['job_id'] else '–'} |"
+            )
+        parts.append("")
+    if results.problems:
+        parts.append("### Skipped files\n")
+        parts.append("| File | Reason |")
+        parts.append("|:---|:---|")
+        for p in results.problems:
+            parts.append(f"| {_code(p.path)} | {_code(p.reason)} |")
+        parts.append("")
+    if summary.skipped:
+        parts.append("### Not drawn\n")
+        parts.extend(f"- {md_escape(s)}" for s in summary.skipped)
+        parts.append("")
+    parts.append("### Files\n")
+    for p in summary.tables + summary.figures:
+        parts.append(f"- [{p.relative_to(summary.out).as_posix()}]({p.relative_to(summary.out).as_posix()})")
+    return "\n".join(parts) + "\n"
