@@ -11,7 +11,6 @@ loaded DataFrame alone.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -106,10 +105,9 @@ def paper_style() -> Iterator[None]:
         yield
 
 
-def colour_for(label: str, method: str, others: Sequence[str] = ()) -> str:
-    if label in METHOD_COLOURS:
-        return METHOD_COLOURS[label]
-    if label == method and method in METHOD_COLOURS:
+def colour_for(label: str, method: str, plain: bool, others: Sequence[str] = ()) -> str:
+    """A plain registry method gets its method's colour; variants share the extra tones."""
+    if plain and method in METHOD_COLOURS:
         return METHOD_COLOURS[method]
     extra = PALETTE[len(METHOD_ORDER):]
     idx = list(others).index(label) if label in others else sum(map(ord, label))
@@ -167,7 +165,7 @@ def accuracy_vs_ipc(results: Results, dataset: Optional[str] = None, eval_arch: 
         raise AnalysisError("accuracy vs IPC needs condensed sets (only whole-dataset records found)")
     lm = _label_methods(runs)
     labels = _ordered_labels(runs)
-    others = [lab for lab in labels if lab not in METHOD_COLOURS]
+    others = [lab for lab in labels if lab not in lm.plain]
     datasets = [d for d in sorted(set(runs["dataset"]), key=dataset_key) if not runs[(runs["dataset"] == d) & (runs["method"] != WHOLE)].empty]
     with paper_style():
         fig, axes = _panel_grid(len(datasets))
@@ -178,7 +176,7 @@ def accuracy_vs_ipc(results: Results, dataset: Optional[str] = None, eval_arch: 
                 g = rd[rd["label"] == lab]
                 if g.empty:
                     continue
-                colour = colour_for(lab, lm[lab], others)
+                colour = colour_for(lab, lm[lab], lab in lm.plain, others)
                 if lm[lab] == WHOLE:
                     s = summarise(g["accuracy"])
                     ax.axhline(s.mean, color="#444444", ls="--", lw=0.9, label=label_display(lab), zorder=1)
@@ -240,7 +238,7 @@ def cross_heatmap(results: Results, dataset: Optional[str] = None, ipc: Optional
         mats = []
         for d, i, g in groups:
             archs = sorted(set(g["eval_arch"].astype(str)), key=arch_key)
-            keys = sorted({(lab, ta) for lab, ta in zip(g["label"], g["train_arch"])}, key=lambda k: (row_order_key(k[0], lm[k[0]]), arch_key(k[1])))
+            keys = sorted({(lab, ta) for lab, ta in zip(g["label"], g["train_arch"])}, key=lambda k: (lm.order_key(k[0]), arch_key(k[1])))
             mat = np.full((len(keys), len(archs)), np.nan)
             for (lab, ta, ea), gg in g.groupby(["label", "train_arch", "eval_arch"]):
                 mat[keys.index((lab, ta)), archs.index(ea)] = gg["accuracy"].mean()
@@ -354,12 +352,12 @@ def synset_choices(results: Results) -> pd.DataFrame:
     """One synthetic set per (dataset, IPC, label): the lowest seed's, existing files only."""
     runs = results.records
     if runs.empty:
-        return pd.DataFrame(columns=["dataset", "ipc", "label", "method", "synset_path"])
+        return pd.DataFrame(columns=["dataset", "ipc", "label", "method", "plain", "synset_path"])
     r = runs[runs["synset_path"].notna() & (runs["method"] != WHOLE)]
     r = r[[Path(p).is_file() for p in r["synset_path"]]] if not r.empty else r
     r = r.sort_values(["dataset", "ipc", "label", "seed", "cell_id"], kind="stable")
     r = r.drop_duplicates(["dataset", "ipc", "label"])
-    return r[["dataset", "ipc", "label", "method", "synset_path"]].reset_index(drop=True)
+    return r[["dataset", "ipc", "label", "method", "plain", "synset_path"]].reset_index(drop=True)
 
 
 def image_grid(
@@ -392,8 +390,7 @@ def image_grid(
         choices = choices[choices["label"].isin(list(labels))]
     if choices.empty:
         raise AnalysisError(f"no synthetic sets for {dataset_display(d)} at IPC {ipc}")
-    lm = dict(zip(choices["label"], choices["method"]))
-    order = sorted(lm, key=lambda lab: row_order_key(lab, lm[lab]))
+    order = _label_methods(choices).ordered()
     panels = []
     for lab in order:
         path = choices.loc[choices["label"] == lab, "synset_path"].iloc[0]
@@ -455,7 +452,7 @@ def ablation_bars(results: Results) -> Figure:
             info = []
             for lab, gg in g.groupby("label", sort=True):
                 first = gg.sort_values(["seed", "cell_id"], kind="stable").iloc[0]
-                plain = first["method"] == "cafe" and json.loads(first["overrides"]) == {}
+                plain = first["method"] == "cafe" and bool(gg["plain"].all())
                 info.append((lab, summarise(gg["accuracy"]), plain))
             refs = [x for x in info if x[2]]
             ref = next((x for x in refs if x[0] == "cafe"), refs[0] if refs else None)
@@ -497,8 +494,9 @@ def cost_scatter(results: Results) -> Figure:
     if df.empty:
         raise AnalysisError("no condensation times in the records' cost figures")
     datasets = sorted(set(df["dataset"]), key=dataset_key)
-    labels = sorted(set(df["method"]), key=lambda lab: row_order_key(lab, df.loc[df["method"] == lab, "_method"].iloc[0]))
-    others = [lab for lab in labels if lab not in METHOD_COLOURS]
+    first = df.drop_duplicates("method").set_index("method")
+    labels = sorted(first.index, key=lambda lab: row_order_key(lab, first.loc[lab, "_method"], first.loc[lab, "_plain"]))
+    others = [lab for lab in labels if not first.loc[lab, "_plain"]]
     with paper_style():
         fig, axes = _panel_grid(len(datasets))
         for ax, d in zip(axes, datasets):
@@ -508,7 +506,8 @@ def cost_scatter(results: Results) -> Figure:
                 if gl.empty:
                     continue
                 m = gl["_method"].iloc[0]
-                ax.scatter(gl["condense_time_s"], gl["accuracy_mean"], color=colour_for(lab, m, others), marker=MARKERS[i % len(MARKERS)], s=14, label=label_display(lab), zorder=3, edgecolors="none")
+                colour = colour_for(lab, m, bool(first.loc[lab, "_plain"]), others)
+                ax.scatter(gl["condense_time_s"], gl["accuracy_mean"], color=colour, marker=MARKERS[i % len(MARKERS)], s=14, label=label_display(lab), zorder=3, edgecolors="none")
                 for t, a, ipc in zip(gl["condense_time_s"], gl["accuracy_mean"], gl["ipc"]):
                     ax.annotate(str(int(ipc)), (t, a), xytext=(2.5, 1.5), textcoords="offset points", fontsize=5.5, color="#555555")
             ax.set_xscale("log")

@@ -71,6 +71,10 @@ COST_KEYS = (
     "eval_peak_memory_mb",
 )
 
+#: Override keys that do not make a variant: the DSA switch names the registry variant
+#: (cafe_dsa, dsa) and the architecture fields say where a set was condensed (own column).
+NON_VARIANT_KEYS = frozenset({"dsa", "dsa_strategy", "model", "feature_net", "net", "arch"})
+
 _REQUIRED = ("cell_id", "dataset", "method", "eval_arch", "accuracies", "seed")
 
 
@@ -169,7 +173,10 @@ def dataset_display(name: str) -> str:
 
 
 def label_display(label: str) -> str:
-    """Registry names print as in the papers (``kcenter`` -> ``K-Center``); free labels verbatim."""
+    """Registry names print as in the papers (``kcenter`` -> ``K-Center``, the sweep's default
+    ``whole dataset`` -> ``Whole dataset``); free labels verbatim."""
+    if str(label).lower() in ("whole", "whole dataset"):
+        return METHOD_DISPLAY[WHOLE]
     return METHOD_DISPLAY.get(label, label)
 
 
@@ -244,7 +251,7 @@ def _num(value: Any) -> float:
 
 RUN_COLUMNS = [
     "dataset", "ipc", "method", "label", "eval_arch", "train_arch", "seed", "run", "accuracy",
-    "method_config", "overrides", "num_eval", "eval_epochs", "eval_augmentation",
+    "method_config", "overrides", "plain", "num_eval", "eval_epochs", "eval_augmentation",
     *[f"cost_{k}" for k in COST_KEYS],
     "host", "device", "code_version", "cell_id", "sweep", "store", "record_path", "synset_path",
 ]
@@ -426,6 +433,9 @@ def _append_record(data: dict, store: Path, rpath: Path, sweep: str, run_rows: l
         "seed": int(data["seed"]),
         "method_config": _json(config),
         "overrides": _json(overrides),
+        # plain = the registry method as published (no overrides other than the dsa switch
+        # that names cafe_dsa / dsa): ordered with the registry rows, compared with the papers
+        "plain": not (set(overrides) - NON_VARIANT_KEYS),
         "num_eval": data.get("num_eval"),
         "eval_epochs": data.get("eval_epochs"),
         "eval_augmentation": None if data.get("eval_augmentation") is None else str(data.get("eval_augmentation")),

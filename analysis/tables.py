@@ -30,6 +30,7 @@ import pandas as pd
 
 from analysis.load import (
     METHOD_ORDER,
+    NON_VARIANT_KEYS,
     WHOLE,
     AnalysisError,
     Results,
@@ -291,7 +292,7 @@ class Table:
 
 
 def _plain_note(note: str) -> str:
-    return note.replace("**", "").replace("_", " ").strip()
+    return note.replace("**", "").strip()
 
 
 # ----------------------------------------------------------------------------------------
@@ -343,27 +344,41 @@ def select_main_runs(results: Results, eval_arch: Optional[str] = None) -> pd.Da
     return sel
 
 
-def row_order_key(label: str, method: str) -> tuple:
-    """Registry labels in paper order, then other labels (by their method, then name), whole last."""
+def row_order_key(label: str, method: str, plain: bool) -> tuple:
+    """Plain registry methods (whatever their label) in paper order, then variants (by their
+    method, then label), the whole-dataset row last."""
     if method == WHOLE:
         return (2, 0, label)
-    if label in METHOD_ORDER:
-        return (0, METHOD_ORDER.index(label), "")
+    if plain:
+        return (0, method_rank(method), label)
     return (1, method_rank(method), label)
 
 
-def _label_methods(runs: pd.DataFrame) -> dict[str, str]:
-    """label -> method (the first method in row order when a label mixes methods)."""
-    out: dict[str, str] = {}
-    for label, grp in runs.groupby("label", sort=True):
-        methods = sorted(set(grp["method"]), key=method_rank)
-        out[str(label)] = methods[0]
-    return out
+class LabelInfo(dict):
+    """label -> method (the first in row order when a label mixes methods), plus ``plain``:
+    the labels whose every record runs the registry method without overrides."""
+
+    def __init__(self, frame: pd.DataFrame):
+        super().__init__()
+        self.plain: set[str] = set()
+        for label, grp in frame.groupby("label", sort=True):
+            self[str(label)] = sorted(set(grp["method"]), key=method_rank)[0]
+            if "plain" not in grp or bool(grp["plain"].all()):
+                self.plain.add(str(label))
+
+    def order_key(self, label: str) -> tuple:
+        return row_order_key(label, self[label], label in self.plain)
+
+    def ordered(self) -> list[str]:
+        return sorted(self, key=self.order_key)
+
+
+def _label_methods(runs: pd.DataFrame) -> LabelInfo:
+    return LabelInfo(runs)
 
 
 def _ordered_labels(runs: pd.DataFrame) -> list[str]:
-    lm = _label_methods(runs)
-    return sorted(lm, key=lambda lab: row_order_key(lab, lm[lab]))
+    return LabelInfo(runs).ordered()
 
 
 def _bold(stats: dict[Any, Stat]) -> set:
@@ -407,12 +422,12 @@ def main_table(results: Results, *, published: bool = False, eval_arch: Optional
     pub = _published_lookup("main") if published else {}
 
     def published_for(label: str, d: str, ipc: Optional[int]) -> Optional[Published]:
-        if not published or label != lm[label]:
+        if not published or label not in lm.plain:
             return None  # only the unmodified registry method has a published number
         if archs.get((label, d, ipc)) != {"convnet"}:
             return None  # published main-table numbers are ConvNet evaluations
         for key, p in pub.items():
-            if key[0] == d and key[1] == ipc and key[2] == label:
+            if key[0] == d and key[1] == ipc and key[2] == lm[label]:
                 return p
         return None
 
@@ -536,7 +551,7 @@ def cross_table(results: Results, *, published: bool = False) -> Table:
             continue
         keys = sorted(
             {(lab, ta) for lab, ta in zip(crossed["label"], crossed["train_arch"])},
-            key=lambda k: (row_order_key(k[0], lm[k[0]]), arch_key(k[1])),
+            key=lambda k: (lm.order_key(k[0]), arch_key(k[1])),
         )
         stats = {}
         for (lab, ta, ea), gg in g.groupby(["label", "train_arch", "eval_arch"], sort=True):
@@ -552,8 +567,8 @@ def cross_table(results: Results, *, published: bool = False) -> Table:
             for ea in archs:
                 s = stats.get((lab, ta, ea))
                 p = None
-                if published and lab == lm[lab]:
-                    p = pub.get((d, ipc, lab, ta.lower(), ea.lower()))
+                if published and lab in lm.plain:
+                    p = pub.get((d, ipc, lm[lab], ta.lower(), ea.lower()))
                 b = (lab, ta, ea) in bold
                 row.append(Cell(stat=s, bold=b, published=p, show_published=published) if s else Cell(text=EMPTY))
                 rec = _main_record(len(rows), lab, d, ipc, s, b, p)
@@ -590,7 +605,7 @@ def cross_table(results: Results, *, published: bool = False) -> Table:
 
 #: The CAFE paper's defaults (reference notes §1.2/§4.5): used when a record's config lacks a key.
 CAFE_DEFAULTS: dict[str, Any] = {
-    "layer_weights": [0.1, 0.1, 1.0, 1.0],
+    "layer_weights": None,  # None = the paper's 0.1/0.1/1/1 over the blocks (methods.cafe)
     "embedding_weight": 1.0,
     "discrimination_weight": 0.01,
     "dynamic_bilevel": True,
@@ -601,13 +616,30 @@ CAFE_DEFAULTS: dict[str, Any] = {
 SWITCHES: dict[str, Callable[[dict], bool]] = {
     # Layer-wise alignment = more than one depth aligned (aligning only the last block is the
     # "without layer-wise alignment" variant).
-    "Layer-wise": lambda c: sum(1 for w in (c.get("layer_weights") or []) if _f(w) > 0) >= 2,
+    "Layer-wise": lambda c: _aligned_layers(c.get("layer_weights")) >= 2,
     "Embedding": lambda c: _f(c.get("embedding_weight")) > 0,
     "Discrimination": lambda c: _f(c.get("discrimination_weight")) > 0,
     "Dynamic bi-level": lambda c: bool(c.get("dynamic_bilevel")),
     "DSA": lambda c: bool(c.get("dsa")),
 }
 _SWITCH_KEYS = {"layer_weights", "embedding_weight", "discrimination_weight", "dynamic_bilevel", "dsa"}
+
+
+def _aligned_layers(spec: Any) -> int:
+    """How many layers a CAFE ``layer_weights`` value aligns with a non-zero weight.
+
+    Accepts what :class:`methods.cafe.CAFEConfig` accepts, as it reads back from JSON: None
+    (the paper's default: every block, so "many"), a mapping ``{layer: weight}``, a list of
+    ``[layer, weight]`` pairs, or a plain list of weights."""
+    if spec is None:
+        return 4
+    if isinstance(spec, dict):
+        weights = list(spec.values())
+    elif isinstance(spec, (list, tuple)):
+        weights = [w[1] if isinstance(w, (list, tuple)) and len(w) == 2 else w for w in spec]
+    else:
+        weights = [spec]
+    return sum(1 for w in weights if _f(w) > 0)
 
 
 def _f(x: Any) -> float:
@@ -628,11 +660,15 @@ def cafe_switches(method_config: dict, overrides: Optional[dict] = None, method:
 
 
 def _other_settings(overrides: dict) -> str:
-    parts = [f"{k}={_short(v)}" for k, v in sorted(overrides.items()) if k not in _SWITCH_KEYS]
+    parts = [
+        f"{k}={_short(v)}" for k, v in sorted(overrides.items()) if k not in _SWITCH_KEYS and k not in NON_VARIANT_KEYS
+    ]
     return ", ".join(parts) if parts else ""
 
 
 def _short(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_short(x)}" for k, x in v.items()) + "}"
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, (list, tuple)):
@@ -679,15 +715,16 @@ def ablation_table(results: Results) -> Table:
                 "stat": summarise(gg["accuracy"]),
                 "method": first["method"],
                 "overrides": overrides,
+                "plain": bool(gg["plain"].all()),
                 "switches": cafe_switches(json.loads(first["method_config"]), overrides, first["method"]),
             }
-        plain = [lab for lab, v in info.items() if v["method"] == "cafe" and not v["overrides"]]
+        plain = [lab for lab, v in info.items() if v["method"] == "cafe" and v["plain"]]
         ref = "cafe" if "cafe" in plain else (sorted(plain)[0] if plain else None)
 
         def order(lab: str) -> tuple:
             if lab == ref:
                 return (0, "")
-            if info[lab]["method"] == "cafe_dsa" and not {k for k in info[lab]["overrides"] if k != "dsa"}:
+            if info[lab]["method"] == "cafe_dsa" and info[lab]["plain"]:
                 return (1, lab)
             return (2, lab)
 
@@ -774,6 +811,7 @@ def cost_frame(results: Results) -> pd.DataFrame:
                 "ipc": None if ipc == -1 else int(ipc),
                 "method": lab,
                 "_method": method,
+                "_plain": bool(g["plain"].all()) if "plain" in g else True,
                 "cells": len(cells),
                 "condense_time_s": float(np.nanmean(cells["cost_condense_wall_time_s"])) if cells["cost_condense_wall_time_s"].notna().any() else np.nan,
                 "condense_peak_memory_mb": float(np.nanmax(cells["cost_condense_peak_memory_mb"])) if cells["cost_condense_peak_memory_mb"].notna().any() else np.nan,
@@ -785,8 +823,8 @@ def cost_frame(results: Results) -> pd.DataFrame:
         )
     df = pd.DataFrame(out)
     df["_order"] = [
-        (dataset_key(d), (10**9 if ipc is None or pd.isna(ipc) else int(ipc)), row_order_key(lab, m))
-        for d, ipc, lab, m in zip(df["dataset"], df["ipc"], df["method"], df["_method"])
+        (dataset_key(d), (10**9 if ipc is None or pd.isna(ipc) else int(ipc)), row_order_key(lab, m, p))
+        for d, ipc, lab, m, p in zip(df["dataset"], df["ipc"], df["method"], df["_method"], df["_plain"])
     ]
     df = df.sort_values("_order", kind="stable").drop(columns=["_order"]).reset_index(drop=True)
     df["ipc"] = df["ipc"].astype("Int64")
@@ -820,7 +858,7 @@ def cost_table(results: Results) -> Table:
     header = ["Dataset", "IPC", "Method", "Cells", "Condense time", "Condense peak mem.", "Eval time / net", "Eval peak mem."]
     if multi:
         header.append("Hardware")
-    data = df.drop(columns=["_method"])
+    data = df.drop(columns=["_method", "_plain"])
     notes = [
         "Hardware: " + "; ".join(hardware) + ". Condense time: mean wall time per cell (seed); "
         "peak memory: maximum over cells/records; eval time: mean wall time per trained evaluation "

@@ -35,12 +35,13 @@ from analysis.tables import (
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("CONDBENCH_REGEN_GOLDEN") == "1"
 
-CAFE_CONFIG = {
-    "layer_weights": [0.1, 0.1, 1.0, 1.0],
+CAFE_CONFIG = {  # as methods.cafe.CAFEConfig.to_dict() writes it (subset)
+    "model": "ConvNet",
+    "layer_weights": None,
     "embedding_weight": 1.0,
     "discrimination_weight": 0.01,
     "dynamic_bilevel": True,
-    "probe_carryover": False,
+    "probe_carryover": True,
     "window": 10,
     "lambda_outer": 0.04,
     "lambda_inner": 0.03,
@@ -434,7 +435,31 @@ def test_ablation_switches_and_delta(results):
     assert d.loc["w/o discrimination", "delta"] == pytest.approx(44.1 - 46.3)
     md = t.to_markdown()
     assert "| CIFAR10 | 10 | w/o discrimination | ✓ | ✓ | ✗ | ✓ | ✗ |" in md
+    # every form CAFEConfig.layer_weights takes, read back from JSON
+    assert cafe_switches({"layer_weights": None})["Layer-wise"] is True
+    assert cafe_switches({"layer_weights": {"pooled": 1.0}})["Layer-wise"] is False
+    assert cafe_switches({"layer_weights": [["block1", 0.1], ["block3", 1.0]]})["Layer-wise"] is True
     assert cafe_switches({"layer_weights": [0, 0, 0, 1]})["Layer-wise"] is False
+    assert cafe_switches({}, {"embedding_weight": 0})["Embedding"] is False
+    assert cafe_switches({}, method="cafe_dsa")["DSA"] is True
+
+
+def test_free_label_for_plain_method_and_arch_override(tmp_path):
+    """A sweep labelling plain CAFE "CAFE Full" (with the train-arch override the runner adds)
+    still orders it with the registry rows and compares it with the published number."""
+    root = build_store(tmp_path / "s")
+    for path in (root / "records").glob("*-cafe-s*"):
+        rec = json.loads(path.read_text())
+        rec["label"], rec["overrides"] = "CAFE Full", {"model": "ConvNet"}
+        path.write_text(json.dumps(rec))
+    res = load_results([root])
+    t = main_table(res, published=True)
+    assert [r[0].text for r in t.rows][3:5] == ["CAFE Full", "CAFE+DSA"]
+    d = t.data.set_index(["method", "dataset", "ipc"])
+    assert d.loc[("CAFE Full", "cifar10", 10), "published_mean"] == 46.3
+    abl = ablation_table(res).data
+    assert abl.loc[abl["variant"] == "CAFE Full", "reference"].all()
+    assert (abl["other"] == "").all()
 
 
 def test_cost_table_names_hardware(results):
