@@ -156,7 +156,9 @@ def run_cell(
     from methods.base import SyntheticSet, get_method
 
     dev = resolve_device(device)
-    _log(f"cell {cell.cell_id}: {cell.describe()} on {dev} (archs: {', '.join(archs)})")
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    _log(f"cell {cell.cell_id}: {cell.describe()} on {dev} (archs: {', '.join(archs)}"
+         + (f"; CUDA_VISIBLE_DEVICES={gpus})" if gpus is not None else ")"))
     dataset = load_dataset(cell.dataset, data_root=data_root, device=dev, download=download)
     synset = None
     condense_cost: dict[str, Any] = {}
@@ -205,7 +207,7 @@ def run_cell(
         store.write_record({
             "cell_id": cell.cell_id, "sweep": sweep_name, "dataset": cell.dataset, "ipc": cell.ipc,
             "method": cell.method, "label": cell.label, "overrides": dict(cell.overrides),
-            "method_config": method_config, "seed": cell.seed, "train_arch": cell.train_arch,
+            "method_config": method_config, "iterations": cell.iterations, "seed": cell.seed, "train_arch": cell.train_arch,
             "eval_arch": res.arch, "num_eval": res.num_eval, "eval_epochs": res.epochs,
             "eval_augmentation": res.augmentation, "accuracies": [float(a) for a in res.accuracies],
             "cost": cost,

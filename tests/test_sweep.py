@@ -1,0 +1,333 @@
+"""Sweep specs, cell ids, validation and the results store (no cluster needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks import jobs, sweep_cli
+from benchmarks.store import Store, atomic_write_json
+from benchmarks.sweep import SpecError, build_sweep, cell_id, load_sweep, SWEEP_DIR
+
+
+def spec(tmp_path: Path, **changes) -> dict:
+    base = {
+        "name": "t",
+        "datasets": ["digits"],
+        "ipcs": [1, 10],
+        "methods": ["random", {"method": "dm", "label": "DM"}, "whole"],
+        "eval_archs": ["ConvNet"],
+        "seeds": [0, 1],
+        "num_eval": 1,
+        "budgets": {"iterations": 3, "eval_epochs": 2},
+        "output": str(tmp_path / "out"),
+    }
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def ids(sw) -> list[str]:
+    return [c.cell_id for c in sw.cells]
+
+
+# -- expansion and ids -----------------------------------------------------------------------
+
+
+def test_expansion_is_the_product_plus_one_whole_cell_per_dataset_and_seed(tmp_path):
+    sw = build_sweep(spec(tmp_path))
+    # 2 ipcs x 2 methods x 2 seeds + whole x 2 seeds
+    assert len(sw.cells) == 2 * 2 * 2 + 2
+    whole = [c for c in sw.cells if c.method == "whole"]
+    assert [c.ipc for c in whole] == [None, None] and {c.seed for c in whole} == {0, 1}
+    assert all(c.iterations is None and c.train_arch is None for c in whole)
+    dm = [c for c in sw.cells if c.method == "dm"]
+    assert {(c.ipc, c.seed) for c in dm} == {(1, 0), (1, 1), (10, 0), (10, 1)}
+    assert all(c.label == "DM" and c.iterations == 3 and c.train_arch == "ConvNet" for c in dm)
+    assert len(set(ids(sw))) == len(sw.cells)
+    assert all(len(i) == 12 and int(i, 16) >= 0 for i in ids(sw))
+
+
+def test_ids_are_stable_and_ignore_label_output_profile_and_eval_archs(tmp_path):
+    a = build_sweep(spec(tmp_path))
+    b = build_sweep(spec(tmp_path))
+    assert ids(a) == ids(b)
+    c = build_sweep(spec(tmp_path, output=str(tmp_path / "elsewhere"), profile="cpu",
+                         methods=["random", {"method": "dm", "label": "other"}, "whole"],
+                         eval_archs=["ConvNet", "MLP"]))
+    assert ids(a) == ids(c)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seeds": [5, 1]},
+        {"budgets": {"iterations": 4, "eval_epochs": 2}},
+        {"budgets": {"iterations": 3, "eval_epochs": 3}},
+        {"num_eval": 2},
+        {"methods": ["random", {"method": "dm", "label": "DM", "lr_img": 0.5}, "whole"]},
+        {"train_arch": "ConvNetW32"},
+    ],
+)
+def test_ids_change_with_every_result_affecting_field(tmp_path, change):
+    a = {c.cell_id: c for c in build_sweep(spec(tmp_path)).cells}
+    b = {c.cell_id: c for c in build_sweep(spec(tmp_path, **change)).cells}
+    changed = set(a) - set(b)
+    assert changed, f"{change} did not change any cell id"
+
+
+def test_ids_change_with_dataset_and_ipc():
+    base = dict(dataset="digits", ipc=1, method="dm", overrides={}, seed=0, iterations=3,
+                num_eval=1, eval_epochs=2, train_arch="ConvNet")
+    assert cell_id(**base) == cell_id(**dict(base))
+    assert cell_id(**base) != cell_id(**{**base, "ipc": 2})
+    assert cell_id(**base) != cell_id(**{**base, "dataset": "mnist"})
+    assert cell_id(**base) != cell_id(**{**base, "method": "dc"})
+
+
+def test_override_values_are_canonicalised_through_the_typed_config(tmp_path):
+    a = build_sweep(spec(tmp_path, methods=[{"method": "dm", "lr_img": 1}]))
+    b = build_sweep(spec(tmp_path, methods=[{"method": "dm", "lr_img": 1.0}]))
+    assert ids(a) == ids(b)
+    assert a.cells[0].overrides == {"lr_img": 1.0}
+
+
+def test_coreset_ids_do_not_depend_on_the_iteration_budget(tmp_path):
+    a = build_sweep(spec(tmp_path, methods=["random"]))
+    b = build_sweep(spec(tmp_path, methods=["random"], budgets={"iterations": 99, "eval_epochs": 2}))
+    assert ids(a) == ids(b)
+    assert all(c.iterations is None for c in a.cells)
+
+
+def test_per_method_budgets_and_train_arch_override(tmp_path):
+    sw = build_sweep(spec(tmp_path, ipcs=[1], seeds=[0], train_arch="convnetw32", methods=[
+        {"method": "dm", "budgets": {"iterations": 7}}, {"method": "dm", "model": "ConvNet", "label": "cn"}]))
+    first, second = sw.cells
+    assert first.iterations == 7 and first.train_arch == "ConvNetW32" and first.eval_epochs == 2
+    assert second.iterations == 3 and second.train_arch == "ConvNet"
+
+
+def test_shipped_sweeps_validate(tmp_path):
+    names = sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
+    assert {"quick", "paper_main", "cross_arch", "cafe_ablation", "example_commented"} <= set(names)
+    for name in names:
+        sw = load_sweep(name, output=tmp_path / name, check_data=False)
+        assert sw.cells, name
+    paper = load_sweep("paper_main", output=tmp_path / "p", check_data=False)
+    assert {c.dataset for c in paper.cells} == {"mnist", "fashionmnist", "svhn", "cifar10", "cifar100"}
+    assert {c.ipc for c in paper.cells} == {1, 10, 50, None}
+    ablation = load_sweep("cafe_ablation", output=tmp_path / "a", check_data=False)
+    labels = {c.label: c for c in ablation.cells}
+    assert labels["w/o discrimination"].overrides["discrimination_weight"] == 0.0
+    assert labels["w/o dynamic bi-level"].overrides["dynamic_bilevel"] is False
+
+
+# -- validation: every problem at once, nothing submitted --------------------------------------
+
+BAD_SPECS = [
+    ("unknown dataset", {"datasets": ["digitz"]}, "datasets[0]", "unknown dataset 'digitz'"),
+    ("unknown method", {"methods": ["random", "dcc"]}, "methods[1].method", "unknown method 'dcc'"),
+    ("unknown override key", {"methods": [{"method": "cafe", "discrimination_wieght": 0}]},
+     "methods[0].discrimination_wieght", "unknown config key"),
+    ("wrong override type", {"methods": [{"method": "dm", "lr_img": "fast"}]}, "methods[0].lr_img", "must be float"),
+    ("unknown eval architecture", {"eval_archs": ["ConvNet", "ResNet9000"]}, "eval_archs[1]", "unknown architecture"),
+    ("unknown train architecture", {"train_arch": "Transformer"}, "train_arch", "unknown architecture"),
+    ("impossible ipc", {"ipcs": [1, 500]}, "ipcs[1]", "IPC 500 is impossible"),
+    ("non-integer ipc", {"ipcs": [1, "ten"]}, "ipcs[1]", "positive integer"),
+    ("missing data", {"datasets": ["mnist"], "data_root": "/nonexistent-data"}, "datasets[0]", "MNIST raw files not found"),
+    ("missing tensor file", {"datasets": ["tensor:/nonexistent/x.pt"]}, "datasets[0]", "does not exist"),
+    ("missing profile", {"profile": "no-such-profile"}, "profile", "does not exist"),
+    ("unwritable output", {"output": "/proc/version/out"}, "output", "not a folder"),
+    ("unknown top-level key", {"ipc": [1]}, "ipc", "unknown key"),
+    ("bad seed", {"seeds": [0, -3]}, "seeds[1]", "non-negative integer"),
+    ("bad num_eval", {"num_eval": 0}, "num_eval", "integer >= 1"),
+    ("bad budget", {"budgets": {"iterations": 2.5}}, "budgets.iterations", "positive integer"),
+    ("unknown budget", {"budgets": {"epochs": 3}}, "budgets.epochs", "unknown budget"),
+    ("bad device", {"device": "gpu0"}, "device", "auto, cpu, cuda"),
+    ("overrides on whole", {"methods": [{"method": "whole", "lr_img": 1}]}, "methods[0].lr_img", "no config overrides"),
+    ("duplicate method line", {"methods": ["random", {"method": "random", "label": "again"}]}, "methods[1]",
+     "same cells as methods[0]"),
+    ("missing required", {"datasets": None}, "datasets", "required"),
+]
+
+
+@pytest.mark.parametrize("name,change,path,fragment", BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_bad_spec_is_rejected_with_its_path_before_submission(tmp_path, monkeypatch, name, change, path, fragment):
+    data = spec(tmp_path)
+    for k, v in change.items():
+        if v is None:
+            data.pop(k, None)
+        else:
+            data[k] = v
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+
+    def no_submit(*a, **k):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("submitted despite a bad spec")
+
+    monkeypatch.setattr(jobs, "submit_slurm", no_submit)
+    monkeypatch.setattr(jobs, "submit_local", no_submit)
+    monkeypatch.setattr(jobs, "run_cell", no_submit)
+    with pytest.raises(SpecError) as err:
+        load_sweep(spec_file)
+    assert any(p.startswith(path + ":") and fragment in p for p in err.value.problems), err.value.problems
+    rc = sweep_cli.main(["run", str(spec_file), "--executor", "slurm"])
+    assert rc == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_all_problems_are_reported_at_once(tmp_path, capsys):
+    bad = spec(tmp_path, datasets=["digitz"], methods=["nope", {"method": "dm", "bogus": 1}],
+               eval_archs=["Foo"], seeds=[-1], profile="missing-profile")
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(bad))
+    assert sweep_cli.main(["run", str(f)]) == 2
+    err = capsys.readouterr().err
+    for path in ("datasets[0]:", "methods[0].method:", "methods[1].bogus:", "eval_archs[0]:", "seeds[0]:", "profile:"):
+        assert path in err, err
+    assert "nothing was submitted" in err
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("datasets: [digits\nipcs: 1\n")
+    with pytest.raises(SpecError, match="invalid YAML"):
+        load_sweep(f)
+    with pytest.raises(SpecError, match="does not exist"):
+        load_sweep(tmp_path / "absent.yaml")
+    f.write_text("- just\n- a list\n")
+    with pytest.raises(SpecError, match="must be a mapping"):
+        load_sweep(f)
+
+
+def test_bad_profile_keys_are_reported(tmp_path):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("partition: gpu\ngpus: 2\ntimeout_min: soon\n")
+    with pytest.raises(SpecError) as err:
+        build_sweep(spec(tmp_path, profile=str(prof)))
+    text = "\n".join(err.value.problems)
+    assert "profile.gpus: unknown profile key" in text and "profile.timeout_min: must be int" in text
+
+
+# -- resources ----------------------------------------------------------------------------------
+
+
+def test_resources_scale_with_ipc_and_cap():
+    prof = {"timeout_min": 100, "mem_gb": 4, "scale_with_ipc": {"reference_ipc": 10, "time_exponent": 1.0,
+                                                                "mem_exponent": 0.5, "max_timeout_min": 400,
+                                                                "max_mem_gb": 6}}
+    assert jobs.scaled_resources(prof, 1) == (100, 4.0)
+    assert jobs.scaled_resources(prof, 10) == (100, 4.0)
+    assert jobs.scaled_resources(prof, 20) == (200, round(4 * 2 ** 0.5, 1))
+    assert jobs.scaled_resources(prof, 50) == (400, 6.0)  # both capped
+    assert jobs.scaled_resources(prof, None) == (400, 4.0)  # whole dataset: the time cap
+    params = jobs.slurm_parameters({"partition": "gpu", "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32,
+                                    "timeout_min": 240, "qos": "high", "additional_parameters": {"exclude": "n1"}},
+                                   10, job_name="x")
+    lines = "\n".join(jobs.sbatch_preview(params, Path("/tmp/logs")))
+    for expected in ("--gpus-per-node=1", "--partition=gpu", "--cpus-per-task=8", "--mem=32768M",
+                     "--time=240", "--qos=high", "--exclude=n1"):
+        assert expected in lines, lines
+
+
+def test_dry_run_prints_cells_and_sbatch_lines(tmp_path, capsys):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(spec(tmp_path, profile="gpu")))
+    assert sweep_cli.main(["run", str(f), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "10 cells" in out and "#SBATCH --gpus-per-node=1" in out and "nothing submitted" in out
+    assert not (tmp_path / "out").exists()
+
+
+# -- store ----------------------------------------------------------------------------------------
+
+
+def test_atomic_record_write_leaves_no_partial_file_on_a_crash(tmp_path, monkeypatch):
+    store = Store(tmp_path / "s")
+    rec = {"cell_id": "abc", "eval_arch": "ConvNet", "accuracies": [0.5]}
+    store.write_record(rec)
+    before = store.record_path("abc", "ConvNet").read_text()
+
+    def crash(fd):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_record({**rec, "accuracies": [0.9]})
+    with pytest.raises(KeyboardInterrupt):
+        store.write_record({"cell_id": "new", "eval_arch": "ConvNet", "accuracies": [0.1]})
+    monkeypatch.undo()
+    assert store.record_path("abc", "ConvNet").read_text() == before  # old record intact
+    assert not store.record_path("new", "ConvNet").exists()  # no partial new record
+    assert sorted(p.name for p in store.records_dir.iterdir()) == ["abc__ConvNet.json"]  # no temp left
+    assert [r["accuracies"] for r in store.iter_records()] == [[0.5]]
+    rec_json = json.loads(store.record_path("abc", "ConvNet").read_text())
+    assert rec_json["schema"] == "condensation-bench/record" and rec_json["schema_version"] == 1
+
+
+def test_readers_ignore_leftover_temp_files_and_garbage(tmp_path):
+    store = Store(tmp_path / "s")
+    store.records_dir.mkdir(parents=True)
+    (store.records_dir / ".abc__ConvNet.json.123.tmp").write_text('{"cell_id": "abc", "stat')
+    (store.records_dir / "xyz__ConvNet.json").write_text("not json")
+    assert list(store.iter_records()) == []
+    assert not store.has_record("abc", "ConvNet") and not store.has_record("xyz", "ConvNet")
+
+
+def test_job_tracking_keeps_history(tmp_path):
+    store = Store(tmp_path / "s")
+    store.write_job("c1", job_id="10_0", executor="slurm", archs=["ConvNet"])
+    store.write_job("c1", job_id="11_3", executor="slurm", archs=["ConvNet"])
+    info = store.read_job("c1")
+    assert info["job_id"] == "11_3" and [h["job_id"] for h in info["history"]] == ["10_0"]
+
+
+# -- a real (tiny) run with the in-process executor ---------------------------------------------
+
+
+def test_debug_run_writes_records_skips_finished_and_evaluates_only_new_archs(tmp_path):
+    data = spec(tmp_path, ipcs=[1], seeds=[0], methods=["random"], budgets={"eval_epochs": 1})
+    sw = build_sweep(data)
+    summary = jobs.run_sweep(sw, executor="debug", log=lambda m: None)
+    assert summary.done == 1 and summary.failed == 0
+    store = Store(sw.output)
+    cid = sw.cells[0].cell_id
+    rec = json.loads(store.record_path(cid, "ConvNet").read_text())
+    for key in ("cell_id", "sweep", "dataset", "ipc", "method", "label", "overrides", "method_config", "seed",
+                "train_arch", "eval_arch", "num_eval", "eval_epochs", "eval_augmentation", "accuracies", "cost",
+                "synset_path", "code_version", "host", "device", "created"):
+        assert key in rec, key
+    assert rec["synset_path"] == f"synsets/{cid}.pt" and (sw.output / rec["synset_path"]).is_file()
+    assert 0 <= rec["accuracies"][0] <= 1 and "condense_wall_time_s" in rec["cost"]
+    cells = json.loads((sw.output / "cells.json").read_text())
+    assert cells["sweep"] == "t" and cells["cells"][0]["cell_id"] == cid
+    synset_mtime = store.synset_path(cid).stat().st_mtime_ns
+
+    again = jobs.run_sweep(build_sweep(data), executor="debug", log=lambda m: None)
+    assert again.skipped == 1 and again.submitted == 0
+
+    more = jobs.run_sweep(build_sweep({**data, "eval_archs": ["ConvNet", "MLP"]}), executor="debug",
+                          log=lambda m: None)
+    assert more.done == 1 and store.record_path(cid, "MLP").is_file()
+    assert store.synset_path(cid).stat().st_mtime_ns == synset_mtime  # reused, not re-condensed
+    statuses = jobs.store_status(store)
+    assert [s.status for s in statuses] == ["done"]
+
+
+def test_debug_run_records_a_failing_cell_and_finishes_the_others(tmp_path):
+    data = spec(tmp_path, ipcs=[1, 2], seeds=[0], methods=["random"], budgets={"eval_epochs": 1})
+    sw = build_sweep(data)
+    bad = sw.cells[0].cell_id
+    store = Store(sw.output)
+    store.synset_path(bad).parent.mkdir(parents=True)
+    store.synset_path(bad).write_bytes(b"garbage")
+    summary = jobs.run_sweep(sw, executor="debug", log=lambda m: None)
+    assert summary.failed == 1 and summary.done == 1
+    by_id = {s.cell.cell_id: s for s in jobs.store_status(store)}
+    assert by_id[bad].status == "failed" and "could not be read as a synthetic set" in by_id[bad].error
+    assert by_id[sw.cells[1].cell_id].status == "done"
+    failure = store.read_failure(bad)
+    assert "Traceback" in failure["traceback"]
