@@ -22,6 +22,18 @@ Deliberate differences from the reference (none changes the protocol's statistic
   can be re-run on its own and results are bit-identical on the same CPU setup;
 * data stay as tensors on the device (no DataLoader, no per-sample transforms);
 * the DC rotate op uses bilinear ``grid_sample`` instead of scipy (see :mod:`benchmarks.dc_augment`).
+
+Speed options (same results up to float rounding unless noted):
+
+* ``vectorize``: ``'auto'`` (default: vectorised on CUDA, sequential on CPU, the rule of
+  :func:`methods.ensemble.resolve_mode`, measured in ``tests/perf``), ``'sequential'`` (one
+  network after the other, the oracle) or ``'vectorized'`` (all networks in one ``vmap``; same
+  per-network seeds and draws, parameters equal to ~1e-4 relative). Batch-norm/dropout
+  networks always run sequentially.
+* ``bf16``: bfloat16 autocast for the forward passes (training and test), default off; it
+  changes the arithmetic, so accuracies move slightly (measured in ``tests/perf``).
+* ``channels_last``: the test pass in channels-last memory format (default off; see the perf
+  table for its effect on this machine).
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -42,6 +54,7 @@ from benchmarks import UserError
 from benchmarks.data import Dataset
 from benchmarks.dc_augment import DCAugment, dc_strategy
 from methods.base import CostMeter, SyntheticSet, make_generator
+from methods.ensemble import autocast_context, resolve_mode, train_ensemble
 from methods.networks import canonical_network_name, get_network
 from methods.training import Augment, accuracy, sgd, train_epoch
 
@@ -199,6 +212,8 @@ def train_and_test(
     momentum: float = MOMENTUM,
     weight_decay: float = WEIGHT_DECAY,
     batch_size: int = BATCH_SIZE,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> tuple[float, float, float]:
     """Train one fresh network with the reference schedule; return (final test accuracy,
     train seconds, test seconds). ``images`` etc. must already be on ``device``."""
@@ -210,13 +225,65 @@ def train_and_test(
     for _ep, ep_lr, new in lr_schedule(epochs, lr):
         if new or optimizer is None:
             optimizer = sgd(net.parameters(), ep_lr, momentum=momentum, weight_decay=weight_decay)
-        train_epoch(net, images, labels, optimizer, batch_size=batch_size, generator=g, augment=augment)
+        with autocast_context(device, bf16):
+            train_epoch(net, images, labels, optimizer, batch_size=batch_size, generator=g, augment=augment)
     _sync(device)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    acc = accuracy(net, test_images, test_labels, batch_size=1024)
+    acc = test_accuracy(net, test_images, test_labels, bf16=bf16, channels_last=channels_last)
     _sync(device)
     return acc, train_s, time.perf_counter() - start
+
+
+def test_accuracy(net: torch.nn.Module, images: Tensor, labels: Tensor, *, bf16: bool = False,
+                  channels_last: bool = False, batch_size: int = 1024) -> float:
+    """Final test pass (eval mode, no autograd), optionally bf16 autocast / channels-last."""
+    if channels_last and images.ndim == 4:
+        net = net.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast_context(images.device, bf16):
+        return accuracy(net, images, labels, batch_size=batch_size)
+
+
+test_accuracy.__test__ = False  # not a pytest test
+
+
+def train_networks_vectorized(
+    images: Tensor,
+    labels: Tensor,
+    test_images: Tensor,
+    test_labels: Tensor,
+    arch: str,
+    *,
+    net_indices: Sequence[int],
+    num_classes: int,
+    channel: int,
+    im_size: Sequence[int],
+    epochs: int,
+    seed: int,
+    augment: Optional[Augment],
+    device: torch.device,
+    bf16: bool = False,
+    channels_last: bool = False,
+) -> list[tuple[float, float, float]]:
+    """All networks of ``net_indices`` trained in one vectorised ensemble
+    (:func:`methods.ensemble.train_ensemble`), same seeds and draws as :func:`train_and_test`;
+    train seconds are the ensemble's time split evenly over the networks."""
+    gens = [make_generator(network_seed(seed, arch, i)) for i in net_indices]
+    nets = [get_network(arch, channel, num_classes, im_size, generator=g, device=device) for g in gens]
+    schedule = [(ep_lr, new) for _ep, ep_lr, new in lr_schedule(epochs, LR)]
+    start = time.perf_counter()
+    train_ensemble(nets, gens, images, labels, schedule, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                   batch_size=BATCH_SIZE, augment=augment, mode="vectorized", bf16=bf16)
+    _sync(device)
+    train_s = (time.perf_counter() - start) / max(1, len(nets))
+    out = []
+    for net in nets:
+        start = time.perf_counter()
+        acc = test_accuracy(net, test_images, test_labels, bf16=bf16, channels_last=channels_last)
+        _sync(device)
+        out.append((acc, train_s, time.perf_counter() - start))
+    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -241,19 +308,31 @@ def train_networks(
     device: torch.device,
     progress: bool = False,
     desc: str = "",
+    vectorize: Literal["auto", "sequential", "vectorized"] = "auto",
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> list[tuple[float, float, float]]:
     """Train and test one network per index; ``(acc, train_s, test_s)`` each, in order.
 
-    The single place that trains "N networks": the sequential loop here is the oracle that a
-    vectorised multi-network path must reproduce (same seeds per ``net_index``)."""
+    The single place that trains "N networks": the sequential loop here is the oracle that the
+    vectorised path (``vectorize``, see the module docstring) reproduces (same seeds per
+    ``net_index``)."""
     augment = make_augment(augmentation)
+    probe = get_network(arch, channel, num_classes, im_size, seed=0, device="meta")
+    if len(net_indices) > 1 and resolve_mode(vectorize, device, probe) == "vectorized":
+        return train_networks_vectorized(
+            images, labels, test_images, test_labels, arch, net_indices=list(net_indices),
+            num_classes=num_classes, channel=channel, im_size=im_size, epochs=epochs, seed=seed,
+            augment=augment, device=device, bf16=bf16, channels_last=channels_last,
+        )
     out = []
     for i in tqdm(list(net_indices), desc=desc or f"eval {arch}", disable=not progress, leave=False):
         out.append(
             train_and_test(
                 images, labels, test_images, test_labels, arch,
                 num_classes=num_classes, channel=channel, im_size=im_size, epochs=epochs,
-                seed=seed, net_index=i, augment=augment, device=device,
+                seed=seed, net_index=i, augment=augment, device=device, bf16=bf16,
+                channels_last=channels_last,
             )
         )
     return out
@@ -296,6 +375,9 @@ def _evaluate(
     device: Optional[torch.device | str],
     progress: bool,
     desc: str,
+    vectorize: Literal["auto", "sequential", "vectorized"] = "auto",
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> EvalResult:
     if int(num_eval) <= 0:
         raise EvaluationError(f"num_eval must be a positive number of networks, got {num_eval}")
@@ -309,6 +391,7 @@ def _evaluate(
         x, y, tx, ty, arch, net_indices=range(int(num_eval)), num_classes=dataset.num_classes,
         channel=dataset.channel, im_size=dataset.im_size, epochs=epochs, seed=seed,
         augmentation=augmentation, device=device, progress=progress, desc=desc,
+        vectorize=vectorize, bf16=bf16, channels_last=channels_last,
     )
     figures = meter.figures()
     result = EvalResult(
@@ -339,6 +422,9 @@ def evaluate_synset(
     seed: int = 0,
     device: Optional[torch.device | str] = None,
     progress: bool = False,
+    vectorize: Literal["auto", "sequential", "vectorized"] = "auto",
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> EvalResult:
     """Reference ``evaluate_synset`` for ``num_eval`` fresh ``arch`` networks (see module doc).
 
@@ -349,7 +435,7 @@ def evaluate_synset(
     return _evaluate(
         synset.images, synset.labels, dataset, arch, num_eval=num_eval, epochs=n_epochs,
         augmentation=augmentation, seed=seed, device=device, progress=progress,
-        desc=f"eval {synset.method} on {arch}",
+        desc=f"eval {synset.method} on {arch}", vectorize=vectorize, bf16=bf16, channels_last=channels_last,
     )
 
 
@@ -362,6 +448,9 @@ def evaluate_whole_dataset(
     seed: int = 0,
     device: Optional[torch.device | str] = None,
     progress: bool = False,
+    vectorize: Literal["auto", "sequential", "vectorized"] = "auto",
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> EvalResult:
     """The "whole dataset" baseline: the same protocol trained on the full training set.
 
@@ -372,7 +461,7 @@ def evaluate_whole_dataset(
     return _evaluate(
         dataset.train.images, dataset.train.labels, dataset, arch, num_eval=num_eval, epochs=epochs,
         augmentation=augmentation, seed=seed, device=device, progress=progress,
-        desc=f"whole {dataset.name} on {arch}",
+        desc=f"whole {dataset.name} on {arch}", vectorize=vectorize, bf16=bf16, channels_last=channels_last,
     )
 
 
