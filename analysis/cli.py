@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import pandas as pd
+
 from analysis.load import AnalysisError, Results, load_results
 
 PROG = "condbench-analysis"
@@ -109,8 +111,12 @@ def _summary(results: Results) -> str:
         f"planned (cell x eval arch): {len(results.cells)}; missing: {len(results.missing)}",
     ]
     for _, m in results.missing.iterrows():
-        detail = f": {m['detail']}" if m["detail"] else ""
-        lines.append(f"  missing {m['cell_id']} [{m['eval_arch']}] {m['status']}{detail}")
+        detail = f" ({m['detail']})" if m["detail"] else ""
+        ipc = "whole" if pd.isna(m["ipc"]) else f"ipc={m['ipc']}"
+        lines.append(
+            f"  missing {m['cell_id']} {m['dataset']} {ipc} {m['label']} seed={m['seed']} "
+            f"[{m['eval_arch']}]: {m['status']}{detail}"
+        )
     for _, fl in results.failures.iterrows():
         lines.append(f"  failed {fl['cell_id']}: {fl['error']} (log: {fl['log_path']})")
     return "\n".join(lines) + "\n"

@@ -408,7 +408,10 @@ def image_grid(
         tile_in = 0.22
         fig_w = max(COLUMN_WIDTH_IN, 0.9 + tile_in * sum(widths) + 0.15 * len(panels))
         fig_h = 0.45 + tile_in * ncls
-        fig, axes = plt.subplots(1, len(panels), figsize=(fig_w, fig_h), squeeze=False, gridspec_kw={"width_ratios": widths})
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(fig_w, fig_h), squeeze=False, gridspec_kw={"width_ratios": widths},
+            layout="constrained",  # keeps the suptitle tight above the panel titles
+        )
         for j, (ax, (lab, mosaic, names, h)) in enumerate(zip(axes[0], panels)):
             ax.grid(False)
             if mosaic.shape[2] == 1:
@@ -425,7 +428,6 @@ def image_grid(
             ax.set_title(label_display(lab), fontsize=7)
             ax._condbench_mosaic = mosaic  # the exact array shown, for tests
         fig.suptitle(f"{dataset_display(d)}, {ipc} image{'s' if ipc != 1 else ''} per class", fontsize=8)
-        fig.tight_layout()
     return fig
 
 
@@ -485,12 +487,16 @@ def ablation_bars(results: Results) -> Figure:
 # ----------------------------------------------------------------------------------------
 
 
+MIN_TIME_S = 0.01
+
+
 def cost_scatter(results: Results) -> Figure:
     """Condensation wall time (log x) against mean accuracy, one point per method and IPC,
     one panel per dataset, IPC written beside each point."""
     df = cost_frame(results)
-    df = df[df["condense_time_s"].notna() & df["accuracy_mean"].notna() & (df["_method"] != WHOLE)]
-    df = df[df["condense_time_s"] > 0]
+    df = df[df["condense_time_s"].notna() & df["accuracy_mean"].notna() & (df["_method"] != WHOLE)].copy()
+    # coresets can take ~0 s; on a log axis they sit at the floor instead of vanishing
+    df["condense_time_s"] = df["condense_time_s"].clip(lower=MIN_TIME_S)
     if df.empty:
         raise AnalysisError("no condensation times in the records' cost figures")
     datasets = sorted(set(df["dataset"]), key=dataset_key)
@@ -511,7 +517,7 @@ def cost_scatter(results: Results) -> Figure:
                 for t, a, ipc in zip(gl["condense_time_s"], gl["accuracy_mean"], gl["ipc"]):
                     ax.annotate(str(int(ipc)), (t, a), xytext=(2.5, 1.5), textcoords="offset points", fontsize=5.5, color="#555555")
             ax.set_xscale("log")
-            ax.set_xlabel("Condensation time (s, log)")
+            ax.set_xlabel(f"Condensation time (s, log; floor {MIN_TIME_S:g} s)")
             ax.set_ylabel("Test accuracy (%)")
             ax.set_title(dataset_display(d))
         seen: dict[str, Any] = {}

@@ -495,4 +495,14 @@ def _missing(cells: pd.DataFrame, records: pd.DataFrame, failures: pd.DataFrame,
         )
     out = pd.DataFrame(rows, columns=cols)
     out["ipc"] = out["ipc"].astype("Int64")
-    return out.sort_values(["store", "cell_id", "eval_arch"], kind="stable").reset_index(drop=True)
+    if out.empty:
+        return out
+    order = sorted(
+        range(len(out)),
+        key=lambda i: (
+            out.at[i, "store"], dataset_key(str(out.at[i, "dataset"])),
+            10**9 if pd.isna(out.at[i, "ipc"]) else int(out.at[i, "ipc"]), str(out.at[i, "label"]),
+            str(out.at[i, "seed"]), out.at[i, "cell_id"], out.at[i, "eval_arch"],
+        ),
+    )
+    return out.iloc[order].reset_index(drop=True)
