@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+import pandas as pd
+
 from analysis.load import AnalysisError, Results, dataset_display, dataset_key, label_display, load_results
 from analysis.tables import Table, ablation_table, cost_table, cross_table, has_ablation, has_cross, main_table, md_escape
 
@@ -202,7 +204,7 @@ def _status_md(results: Results, summary: ReportSummary) -> str:
         parts.append("| Cell | Eval arch | Dataset | IPC | Method | Seed | Status | Detail |")
         parts.append("|:---|:---|:---|---:|:---|---:|:---|:---|")
         for _, r in miss.iterrows():
-            ipc = "–" if r["ipc"] is None or r["ipc"] != r["ipc"] else str(r["ipc"])
+            ipc = "–" if pd.isna(r["ipc"]) else str(int(r["ipc"]))
             parts.append(
                 f"| {_code(r['cell_id'])} | {md_escape(r['eval_arch'])} | {dataset_display(r['dataset'])} | {ipc} | "
                 f"{md_escape(label_display(r['label']))} | {r['seed']} | {r['status']} | {_code(r['detail']) if r['detail'] else '–'} |"

@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import (
-    METHOD_ORDER,
     NON_VARIANT_KEYS,
     WHOLE,
     AnalysisError,

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from analysis.cli import main as cli_main
@@ -170,7 +169,7 @@ def build_store(root: Path, *, synsets: bool = False) -> Path:
                 for arch in cross:
                     write_record(cell, arch, CROSS[(label, arch)], cost_scale=(k + 1) * ipc)
     for dataset, accs in WHOLE_ACC.items():
-        for seed in (0, 1):
+        for seed in (0, 1, 2):  # seed 2: planned, never run (a missing cell with ipc null)
             cell = {
                 "cell_id": _cell_id("whole", dataset, None, seed), "dataset": dataset, "ipc": None,
                 "method": "whole", "label": "whole", "overrides": {}, "seed": seed,
@@ -178,7 +177,8 @@ def build_store(root: Path, *, synsets: bool = False) -> Path:
                 "train_arch": "ConvNet",
             }
             cells.append(cell)
-            write_record(cell, "ConvNet", accs[2 * seed : 2 * seed + 2], cost_scale=1)
+            if seed < 2:
+                write_record(cell, "ConvNet", accs[2 * seed : 2 * seed + 2], cost_scale=1)
     # corrupt record (truncated JSON) for random cifar10 IPC 10 seed 1
     (root / "records" / f"{_cell_id('random', 'cifar10', 10, 1)}__ConvNet.json").write_text('{"schema": "condensation-bench/rec', encoding="utf-8")
     # failed cell: cafe mnist IPC 10 seed 1
@@ -308,6 +308,8 @@ def test_missing_and_failed_cells_listed(results):
         ("cifar10-ipc10-dc-s1", "ConvNet"): "not run",
         ("cifar10-ipc10-random-s1", "ConvNet"): "corrupt record",
         ("mnist-ipc10-cafe-s1", "ConvNet"): "failed",
+        ("mnist-ipcall-whole-s2", "ConvNet"): "not run",
+        ("cifar10-ipcall-whole-s2", "ConvNet"): "not run",
     }
     f = results.failures.iloc[0]
     assert (f["cell_id"], f["error"], f["log_path"]) == ("mnist-ipc10-cafe-s1", "CUDA out of memory", "logs/123_0_log.err")
@@ -549,6 +551,7 @@ def test_report_writes_everything(store_with_synsets, tmp_path, capsys):
         assert (out / link).with_suffix(".pdf").stat().st_size > 0
     assert "CUDA out of memory" in text and "logs/123_0_log.err" in text
     assert "cifar10-ipc10-dc-s1" in text and "not run" in text
+    assert "| `mnist-ipcall-whole-s2` | ConvNet | MNIST | – | Whole dataset | 2 | not run | – |" in text
     assert "bad JSON" in text
     assert "node01 (cpu)" in text
 
@@ -605,5 +608,6 @@ def test_cli_summary_lists_missing_and_failed(store, capsys):
     out = capsys.readouterr().out
     assert "records: 43 usable, 86 evaluation runs, 1 file(s) skipped" in out
     assert "missing cifar10-ipc10-dc-s1 cifar10 ipc=10 dc seed=1 [ConvNet]: not run" in out
+    assert "missing mnist-ipcall-whole-s2 mnist whole whole seed=2 [ConvNet]: not run" in out
     assert "mnist-ipc10-cafe-s1" in out and "failed (CUDA out of memory (log: logs/123_0_log.err))" in out
     assert "corrupt record (bad JSON" in out
