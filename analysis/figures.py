@@ -217,7 +217,7 @@ def cross_heatmap(results: Results, dataset: Optional[str] = None, ipc: Optional
     if not has_cross(results):
         raise AnalysisError("no cross-architecture evaluations in the records (add eval_archs to the sweep)")
     runs = results.runs[results.runs["method"] != WHOLE].copy()
-    runs["train_arch"] = runs["train_arch"].fillna("?").astype(str)
+    runs["train_arch"] = runs["train_arch"].fillna("–").astype(str)
     if dataset is not None:
         runs = runs[runs["dataset"] == dataset.lower()]
     if ipc is not None:

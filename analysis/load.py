@@ -257,6 +257,21 @@ RUN_COLUMNS = [
 ]
 
 
+def main_arch(records: pd.DataFrame) -> str:
+    """The store's main training architecture: the most common ``train_arch`` (ties: the
+    papers' order, ConvNet first), or ConvNet when no record names one.
+
+    Sets condensed without a network (random selection, the whole dataset) have no
+    ``train_arch``; their evaluations on this architecture are the ones that go into the main
+    table (the papers evaluate every row on ConvNet), the others are cross-architecture."""
+    ta = records["train_arch"].dropna().astype(str) if "train_arch" in records else pd.Series(dtype=str)
+    if ta.empty:
+        return "ConvNet"
+    counts = ta.value_counts()
+    best = [a for a, c in counts.items() if c == counts.max()]
+    return sorted(best, key=arch_key)[0]
+
+
 def _read_cells(store: Path, problems: list[Problem]) -> tuple[str, list[dict]]:
     path = store / "cells.json"
     if not path.is_file():
@@ -387,9 +402,13 @@ def load_results(paths: Iterable[str | Path]) -> Results:
         extra = sorted(c for c in records.columns if c.startswith("cost_") and c not in runs.columns)
         if extra:
             runs = runs.merge(records[["record_path", *extra]], on="record_path", how="left")
+    home = main_arch(records) if not records.empty else "ConvNet"
     for df in (runs, records):
         if not df.empty:
             df["ipc"] = df["ipc"].astype("Int64")
+            df["home_arch"] = df["train_arch"].where(df["train_arch"].notna(), home)
+    if runs.empty:
+        runs["home_arch"] = pd.Series(dtype=object)
     cells_df = pd.DataFrame(
         cell_rows,
         columns=["cell_id", "eval_arch", "dataset", "ipc", "method", "label", "seed",

@@ -37,6 +37,7 @@ from analysis.load import (
     dataset_display,
     dataset_key,
     label_display,
+    main_arch,
     method_rank,
 )
 
@@ -325,8 +326,10 @@ def _published_lookup(table: str) -> dict[tuple, Published]:
 
 
 def _same_arch(runs: pd.DataFrame) -> pd.Series:
-    train = runs["train_arch"].fillna(runs["eval_arch"]).astype(str).str.lower()
-    return runs["eval_arch"].astype(str).str.lower() == train
+    """Evaluations on the set's own architecture (``home_arch``: the training architecture, or
+    the store's main one for sets condensed without a network; see ``load.main_arch``)."""
+    home = runs["home_arch"].astype(str).str.lower()
+    return runs["eval_arch"].astype(str).str.lower() == home
 
 
 def select_main_runs(results: Results, eval_arch: Optional[str] = None) -> pd.DataFrame:
@@ -468,7 +471,10 @@ def main_table(results: Results, *, published: bool = False, eval_arch: Optional
     data["ipc"] = data["ipc"].astype("Int64")
     if not published:
         data = data.drop(columns=[c for c in data.columns if c.startswith("published") or c == "diff"])
-    arch_note = "the training architecture" if eval_arch is None else eval_arch
+    arch_note = (
+        f"each set's training architecture ({main_arch(results.records)} for sets chosen without a network)"
+        if eval_arch is None else eval_arch
+    )
     notes = [
         f"Test accuracy (%) evaluated on {arch_note}: mean ± std (n runs) over all evaluation runs "
         f"(seeds × networks); {STD_NOTE}. Bold: best per column (whole-dataset row excluded; "
@@ -535,7 +541,7 @@ def cross_table(results: Results, *, published: bool = False) -> Table:
             "architecture (add eval_archs to the sweep)"
         )
     runs = runs[runs["method"] != WHOLE].copy()
-    runs["train_arch"] = runs["train_arch"].fillna("?").astype(str)
+    runs["train_arch"] = runs["train_arch"].fillna(EMPTY).astype(str)
     archs = sorted(set(runs["eval_arch"].astype(str)), key=arch_key)
     lm = _label_methods(runs)
     pub = _published_lookup("cross") if published else {}

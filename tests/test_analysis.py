@@ -87,7 +87,8 @@ ACC = {
 }
 WHOLE_ACC = {"mnist": [0.995, 0.997, 0.996, 0.996], "cifar10": [0.848, 0.847, 0.849, 0.848]}
 # cross-architecture evaluations (seed 0 only) for dc and cafe on cifar10 IPC 10
-CROSS = {("dc", "ResNet18"): [0.208, 0.210], ("cafe", "ResNet18"): [0.253, 0.251]}
+CROSS = {("dc", "ResNet18"): [0.208, 0.210], ("cafe", "ResNet18"): [0.253, 0.251], ("random", "MLP"): [0.200, 0.220]}
+NO_NETWORK = ("random", "whole")  # condensed without a network: the runner writes train_arch null
 
 
 def _cell_id(label: str, dataset: str, ipc, seed: int) -> str:
@@ -157,7 +158,8 @@ def build_store(root: Path, *, synsets: bool = False) -> Path:
                     "cell_id": _cell_id(label, dataset, ipc, seed),
                     "dataset": dataset, "ipc": ipc, "method": method, "label": label,
                     "overrides": dict(ov), "seed": seed, "eval_archs": ["ConvNet"], "num_eval": 2,
-                    "eval_epochs": 300, "iterations": 10, "train_arch": "ConvNet",
+                    "eval_epochs": 300, "iterations": 10,
+                    "train_arch": None if method in NO_NETWORK else "ConvNet",
                 }
                 cross = [arch for (lab, arch) in CROSS if lab == label and dataset == "cifar10" and ipc == 10 and seed == 0]
                 cell["eval_archs"] += cross
@@ -174,7 +176,7 @@ def build_store(root: Path, *, synsets: bool = False) -> Path:
                 "cell_id": _cell_id("whole", dataset, None, seed), "dataset": dataset, "ipc": None,
                 "method": "whole", "label": "whole", "overrides": {}, "seed": seed,
                 "eval_archs": ["ConvNet"], "num_eval": 2, "eval_epochs": None, "iterations": None,
-                "train_arch": "ConvNet",
+                "train_arch": None,
             }
             cells.append(cell)
             if seed < 2:
@@ -478,7 +480,12 @@ def test_cross_table(results):
     d = t.data.set_index(["method", "eval_arch"])
     assert d.loc[("cafe", "ResNet18"), "mean"] == pytest.approx(25.2)
     assert d.loc[("cafe", "ResNet18"), "best"] and not d.loc[("dc", "ResNet18"), "best"]
-    assert t.header[4:] == ["ConvNet", "ResNet18"]
+    assert t.header[4:] == ["ConvNet", "MLP", "ResNet18"]
+    # random has no training network: its ConvNet runs are the main-table ones, MLP is cross
+    assert d.loc[("random", "MLP"), "mean"] == pytest.approx(21.0)
+    assert t.rows[0][3].text == "–"
+    main = main_table(results).data.set_index(["method", "dataset", "ipc"])
+    assert main.loc[("random", "cifar10", 10), "mean"] == pytest.approx(26.1)
 
 
 def test_output_deterministic(store):
@@ -606,7 +613,7 @@ def test_tables_do_not_need_torch(store):
 def test_cli_summary_lists_missing_and_failed(store, capsys):
     assert cli_main(["summary", str(store)]) == 0
     out = capsys.readouterr().out
-    assert "records: 43 usable, 86 evaluation runs, 1 file(s) skipped" in out
+    assert "records: 44 usable, 88 evaluation runs, 1 file(s) skipped" in out
     assert "missing cifar10-ipc10-dc-s1 cifar10 ipc=10 dc seed=1 [ConvNet]: not run" in out
     assert "missing mnist-ipcall-whole-s2 mnist whole whole seed=2 [ConvNet]: not run" in out
     assert "mnist-ipc10-cafe-s1" in out and "failed (CUDA out of memory (log: logs/123_0_log.err))" in out
