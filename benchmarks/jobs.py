@@ -303,11 +303,44 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def tracked_state(store: Store, info: Mapping[str, Any]) -> str:
+def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """States of many SLURM jobs in two calls: ``squeue -r`` (queued/running, array tasks
+    expanded) and one ``sacct`` for the rest (finished). Missing ids are left out."""
+    import subprocess
+
+    wanted = {str(j) for j in job_ids}
+    states: dict[str, str] = {}
+    if not wanted:
+        return states
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
+        if out.returncode == 0:
+            for line in out.stdout.splitlines():
+                jid, _, state = line.partition("|")
+                if jid in wanted:
+                    states[jid] = state.strip().upper()
+        rest = sorted(wanted - set(states))
+        if rest:
+            bases = sorted({j.split("_")[0] for j in rest})
+            out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(bases)],
+                                 capture_output=True, text=True, timeout=60)
+            if out.returncode == 0:
+                for line in out.stdout.splitlines():
+                    jid, _, state = line.partition("|")
+                    if jid in wanted and jid not in states:
+                        states[jid] = (state.split() or ["UNKNOWN"])[0].upper()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return states
+
+
+def tracked_state(store: Store, info: Mapping[str, Any], states: Optional[Mapping[str, str]] = None) -> str:
     """Current state of a tracked job: a SLURM state name, ``RUNNING``/``FINISHED`` for local
-    jobs, or ``UNKNOWN``."""
+    jobs, or ``UNKNOWN``. ``states`` is a prefetched :func:`slurm_states` answer."""
     executor = info.get("executor")
     job_id = str(info.get("job_id"))
+    if executor == "slurm" and states is not None and job_id in states:
+        return states[job_id]
     if executor == "slurm":
         try:
             job = submitit.SlurmJob(folder=info.get("folder") or store.logs_dir, job_id=job_id)
@@ -345,11 +378,12 @@ def _seconds_since(iso: Optional[str]) -> float:
     return (dt.datetime.now(dt.timezone.utc) - then).total_seconds()
 
 
-def is_active(store: Store, info: Optional[Mapping[str, Any]]) -> tuple[bool, str]:
+def is_active(store: Store, info: Optional[Mapping[str, Any]],
+              states: Optional[Mapping[str, str]] = None) -> tuple[bool, str]:
     """(still queued or running?, state) for a tracked job (None: nothing tracked)."""
     if not info or info.get("state") == "CANCELLED_BY_USER":
         return False, "NONE"
-    state = tracked_state(store, info)
+    state = tracked_state(store, info, states)
     if state in ACTIVE_SLURM_STATES or (info.get("executor") == "local" and state == "RUNNING"):
         return True, state
     if state == "UNKNOWN" and info.get("executor") == "slurm":
@@ -365,7 +399,7 @@ def is_active(store: Store, info: Optional[Mapping[str, Any]]) -> tuple[bool, st
 @dataclass
 class CellStatus:
     cell: Cell
-    status: str  # done | running | pending | failed | missing | partial
+    status: str  # done | running | pending | failed | cancelled | partial | missing
     job_id: Optional[str] = None
     job_state: Optional[str] = None
     log_path: Optional[str] = None
@@ -373,7 +407,17 @@ class CellStatus:
     missing_archs: list[str] = field(default_factory=list)
 
 
-def cell_status(store: Store, cell: Cell, *, query: bool = True) -> CellStatus:
+def _prefetch(store: Store, cells: Iterable[Cell]) -> dict[str, str]:
+    ids = []
+    for cell in cells:
+        info = store.read_job(cell.cell_id)
+        if info and info.get("executor") == "slurm" and store.missing_archs(cell.cell_id, list(cell.eval_archs)):
+            ids.append(str(info.get("job_id")))
+    return slurm_states(ids)
+
+
+def cell_status(store: Store, cell: Cell, *, query: bool = True,
+                states: Optional[Mapping[str, str]] = None) -> CellStatus:
     missing = store.missing_archs(cell.cell_id, list(cell.eval_archs))
     info = store.read_job(cell.cell_id)
     job_id = None if not info else str(info.get("job_id"))
@@ -381,11 +425,13 @@ def cell_status(store: Store, cell: Cell, *, query: bool = True) -> CellStatus:
     if not missing:
         return CellStatus(cell, "done", job_id, info.get("state") if info else None, log_path)
     if info and query:
-        active, state = is_active(store, info)
+        active, state = is_active(store, info, states)
         if active:
             kind = "pending" if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                                           "CONFIGURING", "UNKNOWN") else "running"
             return CellStatus(cell, kind, job_id, state, log_path, missing_archs=missing)
+    if info and info.get("state") == "CANCELLED_BY_USER":
+        return CellStatus(cell, "cancelled", job_id, "CANCELLED", log_path, missing_archs=missing)
     failure = store.read_failure(cell.cell_id)
     if failure is not None:
         return CellStatus(cell, "failed", failure.get("job_id") or job_id, info.get("state") if info else None,
@@ -396,8 +442,10 @@ def cell_status(store: Store, cell: Cell, *, query: bool = True) -> CellStatus:
 
 
 def store_status(store: Store, *, query: bool = True) -> list[CellStatus]:
-    _, cells = store.read_cells()
-    return [cell_status(store, Cell.from_json(c), query=query) for c in cells]
+    _, raw = store.read_cells()
+    cells = [Cell.from_json(c) for c in raw]
+    states = _prefetch(store, cells) if query else None
+    return [cell_status(store, c, query=query, states=states) for c in cells]
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,6 +572,7 @@ class RunSummary:
 def plan(store: Store, sweep: Sweep, *, force: bool = False) -> tuple[list[Cell], list[tuple[Cell, dict]], list[tuple[Cell, list[str]]]]:
     """Split the sweep's cells into (finished, still tracked as active, to submit)."""
     finished, active, todo = [], [], []
+    states = _prefetch(store, sweep.cells) if not force else None
     for cell in sweep.cells:
         if force:
             info = store.read_job(cell.cell_id)
@@ -538,7 +587,7 @@ def plan(store: Store, sweep: Sweep, *, force: bool = False) -> tuple[list[Cell]
             finished.append(cell)
             continue
         info = store.read_job(cell.cell_id)
-        running, _ = is_active(store, info)
+        running, _ = is_active(store, info, states)
         if running:
             active.append((cell, info))
         else:

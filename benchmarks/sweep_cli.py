@@ -115,7 +115,7 @@ def print_status_table(statuses: Sequence, file=None) -> None:
         print(f"{c.cell_id:12}  {st.status:8} {str(st.job_id or '-'):>12}  {c.dataset[:10]:10} "
               f"{str(c.ipc or '-'):>5}  {c.label[:28]:28} {c.seed:>4}  {detail}", file=out)
     counts = Counter(st.status for st in statuses)
-    order = ("done", "running", "pending", "failed", "partial", "missing")
+    order = ("done", "running", "pending", "failed", "cancelled", "partial", "missing")
     print("total: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in order) + f" (of {len(statuses)})", file=out)
 
 

@@ -277,4 +277,4 @@ def test_cancel_stops_queued_jobs(tmp_path):
     assert cancel.returncode == 0 and "cancelled 2 job(s)" in cancel.stdout, cancel.stdout + cancel.stderr
     wait_for(lambda: all(s[-1].startswith("CANCELLED") for s in sacct_states(ids).values()), 60, "cancellation")
     status = cli("status", str(out))
-    assert "2 done" not in status.stdout and "0 running" in status.stdout, status.stdout
+    assert "2 cancelled" in status.stdout and "0 running" in status.stdout, status.stdout
