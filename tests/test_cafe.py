@@ -76,6 +76,20 @@ def test_loss_and_gradient_equal_per_class_oracle(channel, num_classes, size, mo
     _assert_close(*_compare(net, real, syn, num_classes, n, m, None, 1.0, 0.01))
 
 
+def test_chunked_real_pass_equals_one_pass(monkeypatch):
+    """Real classes forwarded in chunks (2 classes of 4 images per chunk here) give the same
+    loss and gradient as the oracle, and the chunked probe the same accuracies."""
+    monkeypatch.setattr(cafe_mod, "CPU_REAL_CHUNK_IMAGES", 8)
+    net = _net("ConvNetW32", 3, 10, 16, 5)
+    assert cafe_mod.classes_per_chunk(net, 10, 4) == 2
+    real, syn = _batches(10, 4, 2, 3, 16)
+    _assert_close(*_compare(net, real, syn, 10, 4, 2, None, 1.0, 0.01))
+    labels = torch.arange(10).repeat_interleave(4)
+    chunked = probe_class_accuracy(net, real, labels, 10)
+    monkeypatch.setattr(cafe_mod, "CPU_REAL_CHUNK_IMAGES", 4096)
+    torch.testing.assert_close(chunked, probe_class_accuracy(net, real, labels, 10))
+
+
 def test_real_branch_is_a_constant_target():
     """The gradient w.r.t. the images is the same with the real graph kept (released code)."""
     net = _net("ConvNetW32", 3, 10, 16, 2)
