@@ -64,7 +64,8 @@ steps and 165 inner epochs per iteration, every inner loop 10 epochs, no cap fir
 image steps and 831.5 inner epochs per iteration, 15 of 31 inner loops stopped by the cap of 100.
 On the bundled digits (ConvNetW32, defaults otherwise, carry-over on): IPC 1 17.5 image steps /
 165 epochs per iteration, all loops 10 epochs; IPC 10 27 image steps / 440 epochs, 2 of 26
-inner loops capped (early on, while the accuracy is too low for the ramp to exceed 0.03).
+inner loops capped (early on, while the accuracy is too low for the ramp to exceed 0.03);
+carry-over off, IPC 1: 18 image steps / 1250 epochs per iteration, 12 of 17 inner loops capped.
 ``tests/test_cafe.py::test_probe_carryover_changes_the_loops`` keeps the first comparison.
 
 ``dynamic_bilevel=False`` replaces both loops by DC's fixed counts: ``outer_loop`` image steps
