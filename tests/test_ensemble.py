@@ -50,6 +50,17 @@ def test_vectorized_matches_sequential(augment):
     assert not torch.allclose(seq_nets[0].classifier.weight, seq_nets[1].classifier.weight)
 
 
+def test_groups_of_networks_give_the_same_results():
+    x, y = _data()
+    one, g1 = _nets("ConvNet", [1, 2, 3])
+    grouped, g2 = _nets("ConvNet", [1, 2, 3])
+    train_ensemble(one, g1, x, y, SCHEDULE[:2], momentum=0.9, batch_size=10, mode="vectorized")
+    train_ensemble(grouped, g2, x, y, SCHEDULE[:2], momentum=0.9, batch_size=10, mode="vectorized", max_images=20)
+    for a, b in zip(one, grouped):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(pb, pa, rtol=RTOL, atol=ATOL)
+
+
 def test_sequential_equals_plain_train_epoch_loop():
     """The sequential path is the evaluation protocol's loop (optimizer re-created per flag)."""
     from methods.training import sgd, train_epoch
