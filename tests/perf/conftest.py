@@ -5,8 +5,11 @@ Environment:
 
 * ``CONDBENCH_DEVICE``: ``cuda`` / ``cpu`` / ``cuda:1`` ...; default ``cuda`` if available.
 * ``CONDBENCH_PERF_QUICK=1``: tiny sizes, one round: only checks that every case runs (CI).
-* ``CONDBENCH_PERF_THREADS``: intra-op threads (default: every core; the unit-test conftest
-  pins 1 thread, the perf suite undoes that).
+* ``CONDBENCH_PERF_THREADS``: intra-op threads (default: every core, 1 in quick mode; the
+  unit-test conftest pins 1 thread, the perf suite undoes that).
+* ``CONDBENCH_PERF_BATCH_REAL``: real images per class for the 10-class step cases (default
+  256, the reference's; 100 classes use an eighth). ``CONDBENCH_PERF_EVAL_SCALE``: scale of
+  the evaluation-protocol case (default 0.01 of 300 epochs / 10,000 test images).
 * ``CONDBENCH_PERF_ROUNDS``: rounds per case (default: 3, 2 for large cases; 1 in quick mode).
 * ``CONDBENCH_PERF_OUT``: where the JSON results go (default ``.perf/results.json``);
   ``python -m tests.perf.report`` re-prints the table from it.
@@ -41,7 +44,9 @@ QUICK = os.environ.get("CONDBENCH_PERF_QUICK", "") not in ("", "0", "false", "Fa
 RESULTS: list[dict[str, Any]] = []
 _MATMUL: dict[str, float] = {}
 
-torch.set_num_threads(int(os.environ.get("CONDBENCH_PERF_THREADS", str(os.cpu_count() or 1))))
+# Quick mode only checks that the cases run: one thread (tiny ops on two threads of a busy
+# machine were measured 2-10x slower, descheduled at every barrier).
+torch.set_num_threads(int(os.environ.get("CONDBENCH_PERF_THREADS", "1" if QUICK else str(os.cpu_count() or 1))))
 
 
 def _tune_glibc() -> bool:

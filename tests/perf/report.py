@@ -55,6 +55,8 @@ def render(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = N
             f"Device `{r0['device']}`, {r0['threads']} threads, float32 matmul peak "
             f"{r0['matmul_peak_gflops']:.0f} GFLOP/s"
             + (f", load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}" if load else "")
+            + (f", 1-min load average {meta['load_range'][0]:.1f}-{meta['load_range'][1]:.1f} at the parts' ends"
+               if meta.get("load_range") else "")
             + (", QUICK mode (tiny sizes: ratios not meaningful)" if meta.get("quick") or r0.get("quick") else "")
             + "."
         )
@@ -83,16 +85,31 @@ def render(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Print the table of one or more results files (several are merged in order, e.g. the
+    parts of a suite run in separate sessions)."""
     import os
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    path = Path(argv[0] if argv else os.environ.get("CONDBENCH_PERF_OUT", ".perf/results.json"))
-    if not path.exists():
-        print(f"no perf results at {path}; run `pytest -m perf tests/perf -p no:cacheprovider` first "
-              "(or `tox -e perf`)", file=sys.stderr)
+    paths = [Path(a) for a in argv] or [Path(os.environ.get("CONDBENCH_PERF_OUT", ".perf/results.json"))]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        print(f"no perf results at {', '.join(missing)}; run `python -m pytest -m perf tests/perf -p no:cacheprovider` "
+              "first (or `tox -e perf`)", file=sys.stderr)
         return 2
-    data = json.loads(path.read_text())
-    print(render(data.get("rows", []), data.get("meta", {})))
+    rows: list = []
+    loads: list = []
+    meta: dict = {}
+    for p in paths:
+        data = json.loads(p.read_text())
+        rows.extend(data.get("rows", []))
+        m = data.get("meta", {})
+        meta = meta or dict(m)
+        if m.get("loadavg"):
+            loads.append(m["loadavg"][0])
+    if len(loads) > 1:
+        meta["loadavg"] = None
+        meta["load_range"] = (min(loads), max(loads))
+    print(render(rows, meta))
     return 0
 
 
