@@ -682,3 +682,74 @@ def get_method(name: str, overrides: Optional[Mapping[str, Any]] = None) -> Meth
 def _import_all() -> None:
     # Importing the package registers every method (one import line per method file there).
     import methods  # noqa: F401
+
+
+class LoopState:
+    """The resumable state of an iterative method, shared by the methods that learn images.
+
+    Holds references to the live synthetic ``images`` (a leaf tensor), their ``optimizer``, the
+    method's named CPU ``generators`` and a ``counters`` dict (cost figures; ``elapsed_s`` sums
+    wall time across resumes). :meth:`restore` loads a checkpoint into them and returns the
+    iteration to continue from; :meth:`snapshot` returns the ``state_fn`` that
+    :meth:`RunContext.iteration_done` expects (cloned tensors, so later steps cannot alter it).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        optimizer: torch.optim.Optimizer,
+        generators: Mapping[str, torch.Generator],
+        counters: dict[str, float],
+    ) -> None:
+        self.images = images
+        self.optimizer = optimizer
+        self.generators = dict(generators)
+        self.counters = counters
+        self.counters.setdefault("elapsed_s", 0.0)
+        self._run_start = time.perf_counter()
+        self.elapsed_before = 0.0
+
+    def restore(self, state: Optional[Mapping[str, Any]]) -> int:
+        """Load ``state`` (None = fresh start); returns the first iteration to run."""
+        start = 0
+        if state is not None:
+            if tuple(state["images"].shape) != tuple(self.images.shape):
+                raise MethodError(
+                    f"checkpoint holds images of shape {tuple(state['images'].shape)}, this run needs "
+                    f"{tuple(self.images.shape)}: it belongs to a different run; clear it to start afresh"
+                )
+            with torch.no_grad():
+                self.images.copy_(state["images"].to(self.images.device))
+            self.optimizer.load_state_dict(state["opt_img"])
+            for key, gen in self.generators.items():
+                gen.set_state(state["generators"][key])
+            self.counters.update(state["counters"])
+            start = int(state["iteration"])
+        self._run_start = time.perf_counter()
+        self.elapsed_before = float(self.counters["elapsed_s"])
+        return start
+
+    def snapshot(self, next_iteration: int) -> Callable[[], dict[str, Any]]:
+        def state_fn() -> dict[str, Any]:
+            counters = dict(self.counters)
+            counters["elapsed_s"] = self.elapsed_before + time.perf_counter() - self._run_start
+            return {
+                "iteration": next_iteration,
+                "images": self.images.detach().cpu().clone(),
+                "opt_img": _cpu_state(self.optimizer.state_dict()),
+                "generators": {k: g.get_state().clone() for k, g in self.generators.items()},
+                "counters": counters,
+            }
+
+        return state_fn
+
+
+def _cpu_state(value: Any) -> Any:
+    """A deep copy of an optimiser state dict with tensors on the CPU."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, Mapping):
+        return {k: _cpu_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_state(v) for v in value)
+    return value

@@ -85,16 +85,16 @@ one shared (siamese) DSA draw per image step (§1.7); inner-loop training uses p
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods.base import (
+    LoopState,
     ClassData,
     CostMeter,
     Method,
@@ -523,23 +523,8 @@ class CAFE(Method):
             image_steps=0, inner_epochs=0, inner_loops=0, cap_fired_outer=0, cap_fired_inner=0,
             image_step_s=0.0, inner_epoch_s=0.0, probe_s=0.0, probes=0, elapsed_s=0.0,
         )
-        start_it = 0
-        state = context.resume_state()
-        if state is not None:
-            if tuple(state["images"].shape) != tuple(images.shape):
-                raise MethodError(
-                    f"checkpoint holds images of shape {tuple(state['images'].shape)}, this run needs "
-                    f"{tuple(images.shape)}: it belongs to a different run; clear it to start afresh"
-                )
-            with torch.no_grad():
-                images.copy_(state["images"].to(device))
-            opt_img.load_state_dict(state["opt_img"])
-            for k, g in gens.items():
-                g.set_state(state["generators"][k])
-            counters.update(state["counters"])
-            start_it = int(state["iteration"])
-        run_start = time.perf_counter()
-        elapsed_before = float(counters["elapsed_s"])
+        loop = LoopState(images, opt_img, gens, counters)
+        start_it = loop.restore(context.resume_state())
 
         def probe(net: nn.Module, carried: float) -> float:
             t0 = time.perf_counter()
@@ -622,19 +607,6 @@ class CAFE(Method):
                 counters["inner_loops"] += 1
             return sum(losses) / len(losses)
 
-        def snapshot(next_it: int) -> Callable[[], dict[str, Any]]:
-            def state_fn() -> dict[str, Any]:
-                snap = dict(counters)
-                snap["elapsed_s"] = elapsed_before + time.perf_counter() - run_start
-                return {
-                    "iteration": next_it,
-                    "images": images.detach().cpu().clone(),
-                    "opt_img": copy.deepcopy(opt_img.state_dict()),
-                    "generators": {k: g.get_state().clone() for k, g in gens.items()},
-                    "counters": snap,
-                }
-
-            return state_fn
 
         from tqdm.auto import tqdm
 
@@ -652,7 +624,7 @@ class CAFE(Method):
                     f"{self.name} it {it}/{total} loss {loss:.4g} lr {lr:g} image steps {counters['image_steps']} "
                     f"inner epochs {counters['inner_epochs']} caps {counters['cap_fired_outer']}/{counters['cap_fired_inner']}"
                 )
-            context.iteration_done(it, snapshot(it + 1))
+            context.iteration_done(it, loop.snapshot(it + 1))
         bar.close()
 
         iterations_done = total
@@ -670,7 +642,7 @@ class CAFE(Method):
             seconds_per_inner_epoch=counters["inner_epoch_s"] / max(1, counters["inner_epochs"]),
             probe_seconds=counters["probe_s"],
         )
-        cost["wall_time_s"] += elapsed_before
+        cost["wall_time_s"] += loop.elapsed_before
         extra = {"dsa_strategy": strategy, "layer_weights": [[names[i], w] for i, w in layer_weights]}
         if not cfg.dynamic_bilevel:
             extra.update(outer_loop=outer_loop, inner_loop=inner_loop)

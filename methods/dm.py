@@ -26,15 +26,15 @@ Evaluation: DM's code trains evaluation networks for 1000 epochs with DSA.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from methods.base import (
+    LoopState,
     ClassData,
     CostMeter,
     Method,
@@ -135,37 +135,9 @@ class DM(Method):
         images, labels = init_synthetic(real, ipc, cfg.init, gens["init"], device)
         opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img)
         counters: dict[str, float] = dict(image_steps=0, image_step_s=0.0, elapsed_s=0.0)
-        start_it = 0
-        state = context.resume_state()
-        if state is not None:
-            if tuple(state["images"].shape) != tuple(images.shape):
-                raise MethodError(
-                    f"checkpoint holds images of shape {tuple(state['images'].shape)}, this run needs "
-                    f"{tuple(images.shape)}: it belongs to a different run; clear it to start afresh"
-                )
-            with torch.no_grad():
-                images.copy_(state["images"].to(device))
-            opt_img.load_state_dict(state["opt_img"])
-            for k, g in gens.items():
-                g.set_state(state["generators"][k])
-            counters.update(state["counters"])
-            start_it = int(state["iteration"])
-        run_start = time.perf_counter()
-        elapsed_before = float(counters["elapsed_s"])
+        loop = LoopState(images, opt_img, gens, counters)
+        start_it = loop.restore(context.resume_state())
 
-        def snapshot(next_it: int) -> Callable[[], dict[str, Any]]:
-            def state_fn() -> dict[str, Any]:
-                snap = dict(counters)
-                snap["elapsed_s"] = elapsed_before + time.perf_counter() - run_start
-                return {
-                    "iteration": next_it,
-                    "images": images.detach().cpu().clone(),
-                    "opt_img": copy.deepcopy(opt_img.state_dict()),
-                    "generators": {k: g.get_state().clone() for k, g in gens.items()},
-                    "counters": snap,
-                }
-
-            return state_fn
 
         from tqdm.auto import tqdm
 
@@ -193,7 +165,7 @@ class DM(Method):
                 value = float(loss.detach())
                 bar.set_postfix(loss=f"{value:.4g}")
                 context.log(f"{self.name} it {it}/{total} loss {value:.4g}")
-            context.iteration_done(it, snapshot(it + 1))
+            context.iteration_done(it, loop.snapshot(it + 1))
         bar.close()
 
         cost = meter.figures(
@@ -201,5 +173,5 @@ class DM(Method):
             image_steps=counters["image_steps"],
             seconds_per_image_step=counters["image_step_s"] / max(1, counters["image_steps"]),
         )
-        cost["wall_time_s"] += elapsed_before
+        cost["wall_time_s"] += loop.elapsed_before
         return self._synset(real, ipc, seed, images.detach(), labels, cost, extra={"dsa_strategy": strategy})
