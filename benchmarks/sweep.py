@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -659,4 +660,10 @@ def _unwritable(path: Path) -> Optional[str]:
         return f"{probe} (a parent of {path}) is not a folder"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is not writable (results folder {path}); choose another output"
+    # os.access says yes to root everywhere; a real (removed) test directory catches
+    # read-only file systems and pseudo file systems such as /proc.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".condbench-write-test-", dir=probe))
+    except OSError as exc:
+        return f"{probe} is not writable (results folder {path}: {exc.strerror or exc}); choose another output"
     return None

@@ -141,6 +141,7 @@ BAD_SPECS = [
     ("missing tensor file", {"datasets": ["tensor:/nonexistent/x.pt"]}, "datasets[0]", "does not exist"),
     ("missing profile", {"profile": "no-such-profile"}, "profile", "does not exist"),
     ("unwritable output", {"output": "/proc/version/out"}, "output", "not a folder"),
+    ("output on a read-only pseudo file system", {"output": "/proc/condbench-results"}, "output", "not writable"),
     ("unknown top-level key", {"ipc": [1]}, "ipc", "unknown key"),
     ("bad seed", {"seeds": [0, -3]}, "seeds[1]", "non-negative integer"),
     ("bad num_eval", {"num_eval": 0}, "num_eval", "integer >= 1"),
