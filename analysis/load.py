@@ -354,6 +354,9 @@ def load_results(paths: Iterable[str | Path]) -> Results:
         stores.append(str(store))
         sweep, cells = _read_cells(store, problems)
         sweeps.append(sweep)
+        # Labels are presentation: the spec as last run (cells.json) names a cell, so a sweep can
+        # be relabelled by editing its spec and re-running it (finished cells are skipped).
+        spec_labels = {c["cell_id"]: c["label"] for c in cells if c.get("label")}
         for c in cells:
             archs = c.get("eval_archs") or []
             if not isinstance(archs, list):
@@ -393,6 +396,8 @@ def load_results(paths: Iterable[str | Path]) -> Results:
                     cid, arch = stem.rsplit("__", 1)
                     corrupt_files[(str(store), cid, arch)] = reason
                 continue
+            if data.get("cell_id") in spec_labels:
+                data = dict(data, label=spec_labels[data["cell_id"]])
             _append_record(data, store, rpath, sweep, run_rows, record_rows)
 
     runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS) if run_rows else pd.DataFrame(columns=RUN_COLUMNS)

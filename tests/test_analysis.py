@@ -401,6 +401,11 @@ def test_latex_escaping_and_compile_safety(tmp_path):
         rec = json.loads(path.read_text())
         rec["label"] = nasty
         path.write_text(json.dumps(rec))
+    cells = json.loads((root / "cells.json").read_text())
+    for c in cells["cells"]:
+        if c["label"] == "w/o discrimination":
+            c["label"] = nasty  # the spec's label is the one tables show
+    (root / "cells.json").write_text(json.dumps(cells))
     res = load_results([root])
     for t in (main_table(res), ablation_table(res), cost_table(res), cross_table(res)):
         tex = t.to_latex()
@@ -456,6 +461,11 @@ def test_free_label_for_plain_method_and_arch_override(tmp_path):
         rec = json.loads(path.read_text())
         rec["label"], rec["overrides"] = "CAFE Full", {"model": "ConvNet"}
         path.write_text(json.dumps(rec))
+    cells = json.loads((root / "cells.json").read_text())
+    for c in cells["cells"]:
+        if c["cell_id"].endswith(("-cafe-s0", "-cafe-s1")):
+            c["label"] = "CAFE Full"
+    (root / "cells.json").write_text(json.dumps(cells))
     res = load_results([root])
     t = main_table(res, published=True)
     assert [r[0].text for r in t.rows][3:5] == ["CAFE Full", "CAFE+DSA"]
@@ -618,3 +628,16 @@ def test_cli_summary_lists_missing_and_failed(store, capsys):
     assert "missing mnist-ipcall-whole-s2 mnist whole whole seed=2 [ConvNet]: not run" in out
     assert "mnist-ipc10-cafe-s1" in out and "failed (CUDA out of memory (log: logs/123_0_log.err))" in out
     assert "corrupt record (bad JSON" in out
+
+
+def test_relabelling_the_spec_relabels_finished_records(tmp_path):
+    """Labels are presentation: the label in cells.json (the spec as last run) wins over the
+    label stored in a record, so editing a spec's labels and re-running relabels tables."""
+    root = build_store(tmp_path / "s")
+    cells = json.loads((root / "cells.json").read_text())
+    for c in cells["cells"]:
+        if c["label"] == "w/o discrimination":
+            c["label"] = "no disc."
+    (root / "cells.json").write_text(json.dumps(cells))
+    labels = set(load_results([root]).runs["label"])
+    assert "no disc." in labels and "w/o discrimination" not in labels
