@@ -34,7 +34,6 @@ import gzip
 import logging
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -44,6 +43,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import UserError
+from benchmarks.storage import atomic_torch_save
 from methods.base import ClassData
 
 log = logging.getLogger(__name__)
@@ -648,19 +648,8 @@ def save_tensor_dataset(
         blob["mean"] = [float(m) for m in mean]
     if std is not None:
         blob["std"] = [float(s) for s in std]
-    _atomic_save(blob, path)
+    atomic_torch_save(blob, path)
     return path
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_tinyimagenet(path: Path, device: torch.device) -> Dataset:
