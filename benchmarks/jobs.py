@@ -22,8 +22,11 @@ job id) and re-raises, so SLURM marks the job failed; the other cells are unaffe
   at a time, logs in the same place as on SLURM.
 * ``debug`` -- in this process, one cell after the other (breakpoints work).
 
-**No duplicates**: every submission is written to ``jobs/<cell_id>.json`` right after
-``sbatch`` returns. A later run of the same sweep first asks SLURM (``sacct`` through submitit)
+**No duplicates**: before ``sbatch`` runs, the array's unique job name and its cells are written
+to ``submitting/<token>.json``; every submission is written to ``jobs/<cell_id>.json`` right
+after ``sbatch`` returns, and the ``submitting`` file is then removed. A launcher killed in
+between leaves that file behind: the next launcher finds the array by its name (``squeue``,
+``sacct``) and tracks its tasks (:func:`recover_submissions`). A later run of the same sweep first asks SLURM (``sacct`` through submitit)
 about the tracked job of every unfinished cell and re-attaches to pending/running ones instead
 of submitting them again; finished cells (every record present) are skipped.
 """
@@ -38,6 +41,7 @@ import socket
 import sys
 import time
 import traceback as _traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -334,6 +338,68 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
     return states
 
 
+def jobs_named(job_name: str) -> Optional[dict[int, str]]:
+    """Array task index -> job id of every SLURM job called ``job_name`` (a plain job counts as
+    task 0), from ``squeue -r`` (queued/running) and ``sacct`` (finished, last 30 days).
+    None when SLURM could not be asked."""
+    import subprocess
+
+    found: dict[int, str] = {}
+    asked = False
+    commands = (["squeue", "-h", "-r", "-n", job_name, "-o", "%i"],
+                ["sacct", "-n", "-P", "-X", "-S", "now-30days", "--name", job_name, "-o", "JobID"])
+    for cmd in commands:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode != 0:
+            continue
+        asked = True
+        for line in out.stdout.split():
+            base, _, task = line.strip().partition("_")
+            if not base.isdigit():
+                continue
+            if not task:
+                found.setdefault(0, base)
+            elif task.isdigit():
+                found.setdefault(int(task), line.strip())
+            # an unexpanded pending range like 12_[0-3] is covered by squeue -r
+    return found if asked else None
+
+
+def recover_submissions(store: Store, log: Callable[[str], None] = _log,
+                        find: Optional[Callable[[str], Optional[dict[int, str]]]] = None) -> int:
+    """Track the jobs of submissions a killed launcher left half-recorded; returns how many
+    cells were recovered. A submission SLURM has no job of never happened: it is dropped and
+    its cells are submitted normally."""
+    recovered = 0
+    for intent in store.pending_submissions():
+        found = (find or jobs_named)(str(intent["job_name"]))
+        cells = intent["cells"]
+        if found is None:
+            log(f"could not ask SLURM about the interrupted submission '{intent['job_name']}'; "
+                f"cells without a tracked job will be submitted again")
+        elif found:
+            n = 0
+            for index, job_id in sorted(found.items()):
+                if index >= len(cells):
+                    continue
+                cell_id = str(cells[index]["cell_id"])
+                info = store.read_job(cell_id)
+                if info and str(info.get("job_id")) == job_id:
+                    continue
+                job = submitit.SlurmJob(folder=store.logs_dir, job_id=job_id)
+                store.write_job(cell_id, job_id=job_id, executor="slurm",
+                                archs=list(cells[index].get("archs") or []), log_path=_log_path_of(job))
+                n += 1
+            recovered += n
+            log(f"recovered {n} job(s) of the interrupted submission '{intent['job_name']}' "
+                f"(the launcher stopped before tracking them)")
+        store.end_submission(str(intent["token"]))
+    return recovered
+
+
 def tracked_state(store: Store, info: Mapping[str, Any], states: Optional[Mapping[str, str]] = None) -> str:
     """Current state of a tracked job: a SLURM state name, ``RUNNING``/``FINISHED`` for local
     jobs, or ``UNKNOWN``. ``states`` is a prefetched :func:`slurm_states` answer."""
@@ -442,6 +508,8 @@ def cell_status(store: Store, cell: Cell, *, query: bool = True,
 
 
 def store_status(store: Store, *, query: bool = True) -> list[CellStatus]:
+    if query:
+        recover_submissions(store)
     _, raw = store.read_cells()
     cells = [Cell.from_json(c) for c in raw]
     states = _prefetch(store, cells) if query else None
@@ -486,17 +554,27 @@ def submit_slurm(store: Store, sweep: Sweep, todo: Sequence[tuple[Cell, list[str
         groups.setdefault(key, []).append((cell, archs))
     out: list[Submitted] = []
     for items in groups.values():
+        # A unique job name per array lets a later launcher find it if this one dies between
+        # sbatch returning and the jobs/ files being written (see recover_submissions).
+        token = uuid.uuid4().hex[:12]
+        job_name = f"cb-{sweep.name}-{token}"
         executor = submitit.SlurmExecutor(folder=store.logs_dir)
-        executor.update_parameters(**slurm_parameters(profile, items[0][0].ipc, job_name=f"cb-{sweep.name}"))
-        with executor.batch():
-            jobs = [executor.submit(make_job(sweep.name, store, cell, archs, data_root=sweep.data_root,
-                                             device=sweep.device, download=sweep.download,
-                                             checkpoint_every=checkpoint_every))
-                    for cell, archs in items]
+        executor.update_parameters(**slurm_parameters(profile, items[0][0].ipc, job_name=job_name))
+        store.begin_submission(token, job_name, [(cell.cell_id, list(archs)) for cell, archs in items])
+        try:
+            with executor.batch():
+                jobs = [executor.submit(make_job(sweep.name, store, cell, archs, data_root=sweep.data_root,
+                                                 device=sweep.device, download=sweep.download,
+                                                 checkpoint_every=checkpoint_every))
+                        for cell, archs in items]
+        except Exception:  # sbatch refused: nothing was submitted
+            store.end_submission(token)
+            raise
         for (cell, archs), job in zip(items, jobs):
             store.write_job(cell.cell_id, job_id=str(job.job_id), executor="slurm", archs=archs,
                             log_path=_log_path_of(job))
             out.append(Submitted(cell, job, str(job.job_id), archs))
+        store.end_submission(token)
         _log(f"submitted {len(items)} cell(s) as SLURM array {str(jobs[0].job_id).split('_')[0]}")
     return out
 
@@ -571,6 +649,7 @@ class RunSummary:
 
 def plan(store: Store, sweep: Sweep, *, force: bool = False) -> tuple[list[Cell], list[tuple[Cell, dict]], list[tuple[Cell, list[str]]]]:
     """Split the sweep's cells into (finished, still tracked as active, to submit)."""
+    recover_submissions(store)
     finished, active, todo = [], [], []
     states = _prefetch(store, sweep.cells) if not force else None
     for cell in sweep.cells:
@@ -685,6 +764,7 @@ def run_sweep(
 
 def cancel_store(store: Store, log: Callable[[str], None] = _log) -> list[str]:
     """Cancel every tracked, still active job of a store; returns the cancelled job ids."""
+    recover_submissions(store, log)
     _, cells = store.read_cells()
     cancelled = []
     for c in cells:

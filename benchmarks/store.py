@@ -8,6 +8,8 @@ Layout (``analysis`` reads exactly this; see the record schema below)::
     <out>/synsets/<cell_id>.pt              the SyntheticSet, stored once per cell
     <out>/failures/<cell_id>.json           {"cell_id", "error", "traceback", "log_path", "job_id", "created"}
     <out>/jobs/<cell_id>.json               submitted job ids, executor, times (re-attach, no duplicates)
+    <out>/submitting/<token>.json           a SLURM array being submitted: job name + its cells in
+                                            array order (closes the sbatch -> jobs/ window)
     <out>/checkpoints/<cell_id>.pt          loop state of a running condensation (resume after requeue)
     <out>/cache/                            reusable tensors (e.g. herding's feature network)
     <out>/logs/                             submitit's folder: <job_id>_0_log.out/.err, pickles
@@ -249,6 +251,35 @@ class Store:
         }
         atomic_write_json(self.job_path(cell_id), info)
         return info
+
+    # -- submissions in flight --------------------------------------------------------------
+    @property
+    def submitting_dir(self) -> Path:
+        return self.root / "submitting"
+
+    def begin_submission(self, token: str, job_name: str, cells: list[tuple[str, list[str]]]) -> Path:
+        """Record, *before* ``sbatch`` runs, that an array named ``job_name`` is about to be
+        submitted for ``cells`` (cell id, archs) in array-task order. If the launcher dies after
+        ``sbatch`` returned but before every ``jobs/<cell>.json`` was written, the next launcher
+        finds the array by its unique name and tracks it instead of submitting the cells again."""
+        return atomic_write_json(self.submitting_dir / f"{token}.json", {
+            "token": token, "job_name": job_name, "started": utc_now(),
+            "cells": [{"cell_id": cid, "archs": list(archs)} for cid, archs in cells],
+        })
+
+    def end_submission(self, token: str) -> None:
+        (self.submitting_dir / f"{token}.json").unlink(missing_ok=True)
+
+    def pending_submissions(self) -> list[dict[str, Any]]:
+        """Submissions begun and never ended (unreadable leftovers are skipped)."""
+        if not self.submitting_dir.is_dir():
+            return []
+        out = []
+        for path in sorted(self.submitting_dir.glob("*.json")):
+            data = read_json(path)
+            if isinstance(data, dict) and isinstance(data.get("cells"), list) and data.get("job_name"):
+                out.append(data)
+        return out
 
     def update_job_state(self, cell_id: str, state: str) -> None:
         info = self.read_job(cell_id)

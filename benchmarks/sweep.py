@@ -399,7 +399,12 @@ class _Validator:
         for key in s:
             if key not in TOP_KEYS:
                 self.add(str(key), f"unknown key; valid keys: {', '.join(TOP_KEYS)}")
+        only_whole = bool(s.get("methods")) and all(
+            (m if isinstance(m, str) else (m or {}).get("method") if isinstance(m, dict) else None) == WHOLE
+            for m in _as_list(s.get("methods")))
         for key in ("datasets", "ipcs", "methods"):
+            if key == "ipcs" and only_whole and s.get(key) in (None, [], ""):
+                continue  # the whole-dataset baseline has no IPC
             if key not in s or s[key] in (None, [], ""):
                 self.add(key, "required (a non-empty list)")
         if "name" in s and not isinstance(s["name"], str):

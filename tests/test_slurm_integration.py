@@ -174,6 +174,32 @@ def test_killed_launcher_loses_nothing_and_duplicates_nothing(tmp_path):
     assert submitted == 0 and finished >= done_before and finished + reattached == 4 and reattached >= 1, summary
 
 
+def test_launcher_killed_right_after_sbatch_is_recovered_not_resubmitted(tmp_path):
+    # The launcher dies the instant sbatch returned, before it tracked any job id.
+    spec = write_spec(tmp_path, "race", ["random"], ipcs=[1, 2])
+    out = tmp_path / "out"
+    code = ("import os, sys\n"
+            "from benchmarks import store, sweep_cli\n"
+            "store.Store.write_job = lambda *a, **k: os._exit(9)\n"
+            f"sys.exit(sweep_cli.main(['run', {str(spec)!r}, '--executor', 'slurm', '--poll', '1']))\n")
+    killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=120)
+    assert killed.returncode == 9, killed.stdout + killed.stderr
+    assert not job_infos(out)
+    (intent,) = [json.loads(p.read_text()) for p in (out / "submitting").glob("*.json")]
+
+    again = cli("run", str(spec), "--executor", "slurm", "--poll", "1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "recovered 2 job(s)" in again.stdout and "0 submitted" in again.stdout, again.stdout
+    assert len(records(out)) == 2 and not list((out / "submitting").glob("*.json"))
+    ids = sorted(i["job_id"] for i in job_infos(out).values())
+    # SLURM ran exactly one array under that name: the original tasks, nothing resubmitted
+    named = subprocess.run(["sacct", "-n", "-P", "-X", "-S", "now-1days", "--name", intent["job_name"],
+                            "-o", "JobID"], capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(named) == ids, (named, ids)
+    assert len({j.split("_")[0] for j in ids}) == 1
+
+
 def test_requeued_condensation_resumes_from_checkpoint_and_matches_uninterrupted_run(tmp_path):
     iters = 14
     methods = [{"method": "dm", "budgets": {"iterations": iters}}]

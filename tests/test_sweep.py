@@ -51,6 +51,13 @@ def test_expansion_is_the_product_plus_one_whole_cell_per_dataset_and_seed(tmp_p
     assert all(len(i) == 12 and int(i, 16) >= 0 for i in ids(sw))
 
 
+def test_a_whole_only_sweep_needs_no_ipcs_but_others_do(tmp_path):
+    sw = build_sweep(spec(tmp_path, ipcs=None, methods=["whole"]))
+    assert [(c.method, c.ipc, c.seed) for c in sw.cells] == [("whole", None, 0), ("whole", None, 1)]
+    with pytest.raises(SpecError, match="ipcs: required"):
+        build_sweep(spec(tmp_path, ipcs=None, methods=["whole", "random"]))
+
+
 def test_ids_are_stable_and_ignore_label_output_profile_and_eval_archs(tmp_path):
     a = build_sweep(spec(tmp_path))
     b = build_sweep(spec(tmp_path))
@@ -284,6 +291,117 @@ def test_job_tracking_keeps_history(tmp_path):
     store.write_job("c1", job_id="11_3", executor="slurm", archs=["ConvNet"])
     info = store.read_job("c1")
     assert info["job_id"] == "11_3" and [h["job_id"] for h in info["history"]] == ["10_0"]
+
+
+class _FakeJob:
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+
+
+class _FakeSlurmExecutor:
+    """Stands in for submitit.SlurmExecutor: 'sbatch' hands out array task ids 700_<i>."""
+
+    seen_intents: list = []
+
+    def __init__(self, folder):
+        self.folder, self.params, self._batch = folder, {}, None
+
+    def update_parameters(self, **params):
+        self.params.update(params)
+
+    def submit(self, fn):
+        job = _FakeJob("")
+        self._batch.append(job)
+        return job
+
+    def batch(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            self._batch = []
+            # the submission is on record before sbatch runs
+            _FakeSlurmExecutor.seen_intents.append(Store(Path(self.folder).parent).pending_submissions())
+            yield
+            for i, job in enumerate(self._batch):
+                job.job_id = f"700_{i}"
+        return ctx()
+
+
+def test_launcher_killed_between_sbatch_and_tracking_does_not_submit_twice(tmp_path, monkeypatch):
+    sw = build_sweep(spec(tmp_path, ipcs=[1], seeds=[0, 1], methods=["random"]))
+    store = Store(sw.output)
+    store.init(sw.name, sw.spec_text, [c.to_json() for c in sw.cells])
+    monkeypatch.setattr(jobs.submitit, "SlurmExecutor", _FakeSlurmExecutor)
+    _FakeSlurmExecutor.seen_intents = []
+    todo = [(c, ["ConvNet"]) for c in sw.cells]
+
+    def killed(*a, **k):  # the launcher dies right after sbatch returned
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "write_job", killed)
+    with pytest.raises(KeyboardInterrupt):
+        jobs.submit_slurm(store, sw, todo, {"timeout_min": 5})
+    monkeypatch.undo()
+    (intent,) = _FakeSlurmExecutor.seen_intents[0]
+    assert [c["cell_id"] for c in intent["cells"]] == [c.cell_id for c in sw.cells]
+    assert intent["job_name"].startswith(f"cb-{sw.name}-")
+    assert store.pending_submissions() and not any(store.read_job(c.cell_id) for c in sw.cells)
+
+    # The next launcher finds the array by its name and tracks its tasks instead of resubmitting.
+    asked = []
+    monkeypatch.setattr(jobs, "jobs_named", lambda name: asked.append(name) or {0: "700_0", 1: "700_1"})
+    monkeypatch.setattr(jobs, "slurm_states", lambda ids: {j: "RUNNING" for j in ids})
+    finished, active, todo_again = jobs.plan(store, sw)
+    assert asked == [intent["job_name"]]
+    assert not todo_again and [c.cell_id for c, _ in active] == [c.cell_id for c in sw.cells]
+    assert [store.read_job(c.cell_id)["job_id"] for c in sw.cells] == ["700_0", "700_1"]
+    assert store.pending_submissions() == []
+
+
+def test_clean_submission_leaves_no_intent_and_tracks_every_task(tmp_path, monkeypatch):
+    sw = build_sweep(spec(tmp_path, ipcs=[1], seeds=[0, 1], methods=["random"]))
+    store = Store(sw.output)
+    store.init(sw.name, sw.spec_text, [c.to_json() for c in sw.cells])
+    monkeypatch.setattr(jobs.submitit, "SlurmExecutor", _FakeSlurmExecutor)
+    _FakeSlurmExecutor.seen_intents = []
+    out = jobs.submit_slurm(store, sw, [(c, ["ConvNet"]) for c in sw.cells], {"timeout_min": 5})
+    assert [s.job_id for s in out] == ["700_0", "700_1"] and len(_FakeSlurmExecutor.seen_intents[0]) == 1
+    assert store.pending_submissions() == [] and store.read_job(sw.cells[1].cell_id)["job_id"] == "700_1"
+
+
+@pytest.mark.parametrize("answer, tracked", [({}, False), (None, False), ({1: "42_1"}, True)])
+def test_interrupted_submission_slurm_never_saw_is_dropped(tmp_path, answer, tracked):
+    store = Store(tmp_path / "s")
+    store.write_job("a", job_id="42_0", executor="slurm", archs=["ConvNet"])  # written before the kill
+    store.begin_submission("tok", "cb-x-tok", [("a", ["ConvNet"]), ("b", ["ConvNet", "MLP"])])
+    logs = []
+    n = jobs.recover_submissions(store, logs.append, find=lambda name: answer)
+    assert store.pending_submissions() == []
+    assert n == int(tracked) and (store.read_job("b") is not None) == tracked
+    if tracked:
+        assert store.read_job("b")["archs"] == ["ConvNet", "MLP"]
+        assert store.read_job("a")["history"] == []  # the task already tracked is left alone
+    if answer is None:
+        assert "could not ask SLURM" in logs[0]
+
+
+def test_jobs_named_parses_squeue_and_sacct(monkeypatch):
+    import subprocess
+
+    outputs = {"squeue": "55_2\n55_3\n", "sacct": "55_0\n55_1\n55_2\n56\n55_[4-5]\n"}
+
+    def fake_run(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 0, outputs[cmd[0]], "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert jobs.jobs_named("cb-x") == {0: "55_0", 1: "55_1", 2: "55_2", 3: "55_3"}
+
+    def missing(cmd, **kw):
+        raise FileNotFoundError(cmd[0])
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    assert jobs.jobs_named("cb-x") is None
 
 
 # -- a real (tiny) run with the in-process executor ---------------------------------------------
