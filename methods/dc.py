@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Optional, Sequence
+from typing import Iterable, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,7 @@ from methods.augment import DSA, parse_strategy
 from methods.base import (
     ClassData,
     CostMeter,
+    LoopState,
     Method,
     MethodConfig,
     MethodError,
@@ -392,13 +393,11 @@ class DC(Method):
 
         counters: dict[str, float] = {
             "image_steps": 0, "inner_epochs": 0, "matching_time_s": 0.0, "inner_time_s": 0.0,
-            "previous_wall_time_s": 0.0,
         }
         history: list[float] = []
-        start_it = 0
-        state = context.resume_state()
-        if state is not None:
-            start_it = self._restore(state, image_syn, opt_img, gen, counters, history, seed, ipc)
+        loop = LoopState(image_syn, opt_img, {"data": gen}, counters, history=history,
+                         identity={"method": self.name, "seed": int(seed), "ipc": int(ipc)})
+        start_it = loop.restore(context.resume_state())
 
         def class_batches() -> ClassBatches:
             for c in range(num_classes):
@@ -452,20 +451,7 @@ class DC(Method):
             if context.progress:
                 bar.set_postfix(loss=f"{history[-1]:.4f}")  # type: ignore[union-attr]
 
-            def state_fn(next_it: int = it + 1) -> dict[str, Any]:
-                return {
-                    "iteration": next_it,
-                    "method": self.name,
-                    "seed": int(seed),
-                    "ipc": int(ipc),
-                    "images": image_syn.detach().cpu().clone(),
-                    "optimizer": _cpu_state_dict(opt_img),
-                    "generator": gen.get_state().clone(),
-                    "cost": dict(counters, previous_wall_time_s=counters["previous_wall_time_s"] + meter.figures()["wall_time_s"]),
-                    "loss_history": list(history),
-                }
-
-            context.iteration_done(it, state_fn)
+            context.iteration_done(it, loop.snapshot(it + 1))
 
         steps = max(1.0, counters["image_steps"])
         cost = meter.figures(
@@ -478,42 +464,11 @@ class DC(Method):
             outer_loop=outer_loop,
             inner_loop=inner_loop,
         )
-        cost["wall_time_s"] += counters["previous_wall_time_s"]
+        cost["wall_time_s"] += loop.elapsed_before
         return self._synset(
             real, ipc, seed, image_syn.detach(), label_syn, cost,
             extra={"loss_history": history, "path": path, "dsa_strategy": None if aug is None else aug.strategy},
         )
-
-    def _restore(
-        self,
-        state: dict[str, Any],
-        image_syn: Tensor,
-        opt_img: torch.optim.Optimizer,
-        gen: torch.Generator,
-        counters: dict[str, float],
-        history: list[float],
-        seed: int,
-        ipc: int,
-    ) -> int:
-        images = state.get("images")
-        if not isinstance(images, Tensor) or tuple(images.shape) != tuple(image_syn.shape):
-            raise MethodError(
-                f"the checkpoint does not belong to this run (images of shape "
-                f"{None if not isinstance(images, Tensor) else tuple(images.shape)}, expected "
-                f"{tuple(image_syn.shape)}); delete the checkpoint or use the matching run"
-            )
-        if state.get("seed") != seed or state.get("ipc") != ipc:
-            raise MethodError(
-                f"the checkpoint was written by seed {state.get('seed')} / IPC {state.get('ipc')}, "
-                f"this run is seed {seed} / IPC {ipc}; delete the checkpoint or use the matching run"
-            )
-        with torch.no_grad():
-            image_syn.copy_(images.to(image_syn.device))
-        opt_img.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        counters.update({k: float(v) for k, v in state.get("cost", {}).items()})
-        history[:] = [float(v) for v in state.get("loss_history", [])]
-        return int(state["iteration"])
 
 
 def _freeze_batchnorm(net: nn.Module, real: ClassData, gen: torch.Generator, per_class: int) -> None:
@@ -526,15 +481,6 @@ def _freeze_batchnorm(net: nn.Module, real: ClassData, gen: torch.Generator, per
     for module in net.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
-
-
-def _cpu_state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    sd = optimizer.state_dict()
-    return {
-        "state": {k: {n: (v.detach().cpu().clone() if isinstance(v, Tensor) else v) for n, v in s.items()}
-                  for k, s in sd["state"].items()},
-        "param_groups": [dict(g) for g in sd["param_groups"]],
-    }
 
 
 register_variant(

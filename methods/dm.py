@@ -135,7 +135,8 @@ class DM(Method):
         images, labels = init_synthetic(real, ipc, cfg.init, gens["init"], device)
         opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img)
         counters: dict[str, float] = dict(image_steps=0, image_step_s=0.0, elapsed_s=0.0)
-        loop = LoopState(images, opt_img, gens, counters)
+        loop = LoopState(images, opt_img, gens, counters,
+                         identity={"method": self.name, "seed": int(seed), "ipc": int(ipc)})
         start_it = loop.restore(context.resume_state())
 
 

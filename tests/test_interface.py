@@ -152,3 +152,39 @@ def test_run_context_checkpoint_snapshot_and_stop():
         ctx.iteration_done(2, lambda: {"iteration": 3, "x": state["x"].clone()})
     assert store.load()["iteration"] == 3
     assert ctx.save_latest() and store.saves == 3
+
+
+def test_loop_state_round_trips_history_and_refuses_foreign_or_old_checkpoints():
+    from methods.base import LoopState, MethodError
+
+    def make(seed=0, ipc=1):
+        images = torch.zeros(2, 1, 4, 4, requires_grad=True)
+        opt = torch.optim.SGD([images], lr=0.1, momentum=0.5)
+        history: list = []
+        gen = torch.Generator().manual_seed(5)
+        loop = LoopState(images, opt, {"data": gen}, {"steps": 0}, history=history,
+                         identity={"method": "m", "seed": seed, "ipc": ipc})
+        return loop, images, opt, history, gen
+
+    loop, images, opt, history, gen = make()
+    assert loop.restore(None) == 0
+    images.grad = torch.ones_like(images)
+    opt.step()
+    history.extend([1.5, 0.5])
+    torch.rand(3, generator=gen)
+    loop.counters["steps"] = 7
+    state = loop.snapshot(3)()
+    expected_next = torch.rand(1, generator=gen)
+
+    again, images2, opt2, history2, gen2 = make()
+    assert again.restore(state) == 3
+    assert torch.equal(images2, images) and history2 == [1.5, 0.5] and again.counters["steps"] == 7
+    assert torch.equal(torch.rand(1, generator=gen2), expected_next)
+    assert opt2.state_dict()["state"][0]["momentum_buffer"].abs().sum() > 0
+
+    other, *_ = make(seed=1)
+    with pytest.raises(MethodError, match=r"different run: seed 0 \(this run: 1\)"):
+        other.restore(state)
+    old = {k: v for k, v in state.items() if k != "opt_img"}
+    with pytest.raises(MethodError, match="lacks opt_img.*delete it"):
+        make()[0].restore(old)
