@@ -328,12 +328,18 @@ class _FakeSlurmExecutor:
         return ctx()
 
 
-def test_launcher_killed_between_sbatch_and_tracking_does_not_submit_twice(tmp_path, monkeypatch):
+def _fake_slurm_store(tmp_path, monkeypatch):
+    """A two-cell sweep's store, with sbatch replaced by :class:`_FakeSlurmExecutor`."""
     sw = build_sweep(spec(tmp_path, ipcs=[1], seeds=[0, 1], methods=["random"]))
     store = Store(sw.output)
     store.init(sw.name, sw.spec_text, [c.to_json() for c in sw.cells])
     monkeypatch.setattr(jobs.submitit, "SlurmExecutor", _FakeSlurmExecutor)
     _FakeSlurmExecutor.seen_intents = []
+    return sw, store
+
+
+def test_launcher_killed_between_sbatch_and_tracking_does_not_submit_twice(tmp_path, monkeypatch):
+    sw, store = _fake_slurm_store(tmp_path, monkeypatch)
     todo = [(c, ["ConvNet"]) for c in sw.cells]
 
     def killed(*a, **k):  # the launcher dies right after sbatch returned
@@ -360,11 +366,7 @@ def test_launcher_killed_between_sbatch_and_tracking_does_not_submit_twice(tmp_p
 
 
 def test_clean_submission_leaves_no_intent_and_tracks_every_task(tmp_path, monkeypatch):
-    sw = build_sweep(spec(tmp_path, ipcs=[1], seeds=[0, 1], methods=["random"]))
-    store = Store(sw.output)
-    store.init(sw.name, sw.spec_text, [c.to_json() for c in sw.cells])
-    monkeypatch.setattr(jobs.submitit, "SlurmExecutor", _FakeSlurmExecutor)
-    _FakeSlurmExecutor.seen_intents = []
+    sw, store = _fake_slurm_store(tmp_path, monkeypatch)
     out = jobs.submit_slurm(store, sw, [(c, ["ConvNet"]) for c in sw.cells], {"timeout_min": 5})
     assert [s.job_id for s in out] == ["700_0", "700_1"] and len(_FakeSlurmExecutor.seen_intents[0]) == 1
     assert store.pending_submissions() == [] and store.read_job(sw.cells[1].cell_id)["job_id"] == "700_1"
