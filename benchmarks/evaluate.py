@@ -326,7 +326,8 @@ def train_networks(
             augment=augment, device=device, bf16=bf16, channels_last=channels_last,
         )
     out = []
-    for i in tqdm(list(net_indices), desc=desc or f"eval {arch}", disable=not progress, leave=False):
+    indices = list(net_indices)
+    for n, i in enumerate(tqdm(indices, desc=desc or f"eval {arch}", disable=not progress, leave=False), 1):
         out.append(
             train_and_test(
                 images, labels, test_images, test_labels, arch,
@@ -335,6 +336,10 @@ def train_networks(
                 channels_last=channels_last,
             )
         )
+        acc, train_s, test_s = out[-1]
+        # one line per network: a long run (e.g. the whole-dataset baseline) shows its progress in job logs
+        log.info("%s network %d/%d: %.2f %% (train %.1f s, test %.1f s)", arch, n, len(indices), 100 * acc,
+                 train_s, test_s)
     return out
 
 

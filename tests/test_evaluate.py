@@ -137,6 +137,15 @@ def test_whole_dataset_baseline_runs_the_same_protocol():
     assert result.epochs == 3 and len(result.accuracies) == 1 and 0 <= result.mean <= 1
 
 
+def test_each_trained_network_is_logged_with_its_accuracy(caplog):
+    ds = _dataset(num_classes=3, per_class=24)
+    with caplog.at_level("INFO", logger="benchmarks.evaluate"):
+        result = evaluate_whole_dataset(ds, "MLP", num_eval=2, epochs=1, seed=0, vectorize="sequential")
+    lines = [r.getMessage() for r in caplog.records if "network" in r.getMessage()]
+    assert [line.split(":")[0] for line in lines] == ["MLP network 1/2", "MLP network 2/2"]
+    assert f"{100 * result.accuracies[1]:.2f} %" in lines[1]
+
+
 def test_incompatible_synset_is_rejected():
     ds = _dataset()
     other = _dataset(channel=3)
