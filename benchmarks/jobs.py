@@ -26,9 +26,10 @@ job id) and re-raises, so SLURM marks the job failed; the other cells are unaffe
 to ``submitting/<token>.json``; every submission is written to ``jobs/<cell_id>.json`` right
 after ``sbatch`` returns, and the ``submitting`` file is then removed. A launcher killed in
 between leaves that file behind: the next launcher finds the array by its name (``squeue``,
-``sacct``) and tracks its tasks (:func:`recover_submissions`). A later run of the same sweep first asks SLURM (``sacct`` through submitit)
-about the tracked job of every unfinished cell and re-attaches to pending/running ones instead
-of submitting them again; finished cells (every record present) are skipped.
+``sacct``) and tracks its tasks (:func:`recover_submissions`). A later run of the same sweep
+first asks SLURM (``sacct`` through submitit) about the tracked job of every unfinished cell and
+re-attaches to pending/running ones instead of submitting them again; finished cells (every
+record present) are skipped.
 """
 
 from __future__ import annotations
@@ -307,34 +308,36 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _slurm_output(cmd: Sequence[str], timeout: float = 60) -> Optional[str]:
+    """stdout of a SLURM client command, or None when it is missing, fails or hangs."""
+    import subprocess
+
+    try:
+        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
     """States of many SLURM jobs in two calls: ``squeue -r`` (queued/running, array tasks
     expanded) and one ``sacct`` for the rest (finished). Missing ids are left out."""
-    import subprocess
-
     wanted = {str(j) for j in job_ids}
     states: dict[str, str] = {}
     if not wanted:
         return states
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
-        if out.returncode == 0:
-            for line in out.stdout.splitlines():
-                jid, _, state = line.partition("|")
-                if jid in wanted:
-                    states[jid] = state.strip().upper()
-        rest = sorted(wanted - set(states))
-        if rest:
-            bases = sorted({j.split("_")[0] for j in rest})
-            out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(bases)],
-                                 capture_output=True, text=True, timeout=60)
-            if out.returncode == 0:
-                for line in out.stdout.splitlines():
-                    jid, _, state = line.partition("|")
-                    if jid in wanted and jid not in states:
-                        states[jid] = (state.split() or ["UNKNOWN"])[0].upper()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    for line in (_slurm_output(["squeue", "-h", "-r", "-o", "%i|%T"]) or "").splitlines():
+        jid, _, state = line.partition("|")
+        if jid in wanted:
+            states[jid] = state.strip().upper()
+    rest = sorted(wanted - set(states))
+    if rest:
+        bases = sorted({j.split("_")[0] for j in rest})
+        out = _slurm_output(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(bases)])
+        for line in (out or "").splitlines():
+            jid, _, state = line.partition("|")
+            if jid in wanted and jid not in states:
+                states[jid] = (state.split() or ["UNKNOWN"])[0].upper()
     return states
 
 
@@ -342,30 +345,21 @@ def jobs_named(job_name: str) -> Optional[dict[int, str]]:
     """Array task index -> job id of every SLURM job called ``job_name`` (a plain job counts as
     task 0), from ``squeue -r`` (queued/running) and ``sacct`` (finished, last 30 days).
     None when SLURM could not be asked."""
-    import subprocess
-
+    outputs = [_slurm_output(["squeue", "-h", "-r", "-n", job_name, "-o", "%i"]),
+               _slurm_output(["sacct", "-n", "-P", "-X", "-S", "now-30days", "--name", job_name, "-o", "JobID"])]
+    if all(out is None for out in outputs):
+        return None
     found: dict[int, str] = {}
-    asked = False
-    commands = (["squeue", "-h", "-r", "-n", job_name, "-o", "%i"],
-                ["sacct", "-n", "-P", "-X", "-S", "now-30days", "--name", job_name, "-o", "JobID"])
-    for cmd in commands:
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
+    for line in " ".join(out or "" for out in outputs).split():
+        base, _, task = line.partition("_")
+        if not base.isdigit():
             continue
-        if out.returncode != 0:
-            continue
-        asked = True
-        for line in out.stdout.split():
-            base, _, task = line.strip().partition("_")
-            if not base.isdigit():
-                continue
-            if not task:
-                found.setdefault(0, base)
-            elif task.isdigit():
-                found.setdefault(int(task), line.strip())
-            # an unexpanded pending range like 12_[0-3] is covered by squeue -r
-    return found if asked else None
+        if not task:
+            found.setdefault(0, base)
+        elif task.isdigit():
+            found.setdefault(int(task), line)
+        # an unexpanded pending range like 12_[0-3] is covered by squeue -r
+    return found
 
 
 def recover_submissions(store: Store, log: Callable[[str], None] = _log,
@@ -396,7 +390,7 @@ def recover_submissions(store: Store, log: Callable[[str], None] = _log,
             recovered += n
             log(f"recovered {n} job(s) of the interrupted submission '{intent['job_name']}' "
                 f"(the launcher stopped before tracking them)")
-        store.end_submission(str(intent["token"]))
+        store.end_submission(intent["token"])
     return recovered
 
 
@@ -414,15 +408,9 @@ def tracked_state(store: Store, info: Mapping[str, Any], states: Optional[Mappin
         except Exception:
             state = "UNKNOWN"
         if state == "UNKNOWN":
-            try:
-                import subprocess
-
-                out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
-                                     text=True, timeout=30)
-                if out.returncode == 0 and out.stdout.strip():
-                    state = out.stdout.split()[0].upper()
-            except (OSError, subprocess.SubprocessError):
-                pass
+            out = _slurm_output(["squeue", "-h", "-j", job_id, "-o", "%T"], timeout=30)
+            if out and out.strip():
+                state = out.split()[0].upper()
         return state
     if executor == "local":
         try:

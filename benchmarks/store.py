@@ -278,7 +278,7 @@ class Store:
         for path in sorted(self.submitting_dir.glob("*.json")):
             data = read_json(path)
             if isinstance(data, dict) and isinstance(data.get("cells"), list) and data.get("job_name"):
-                out.append(data)
+                out.append(dict(data, token=path.stem))  # the file name is what end_submission removes
         return out
 
     def update_job_state(self, cell_id: str, state: str) -> None:

@@ -399,9 +399,8 @@ class _Validator:
         for key in s:
             if key not in TOP_KEYS:
                 self.add(str(key), f"unknown key; valid keys: {', '.join(TOP_KEYS)}")
-        only_whole = bool(s.get("methods")) and all(
-            (m if isinstance(m, str) else (m or {}).get("method") if isinstance(m, dict) else None) == WHOLE
-            for m in _as_list(s.get("methods")))
+        names = [m.get("method") if isinstance(m, dict) else m for m in _as_list(s.get("methods") or [])]
+        only_whole = bool(names) and all(isinstance(n, str) and n.lower() == WHOLE for n in names)
         for key in ("datasets", "ipcs", "methods"):
             if key == "ipcs" and only_whole and s.get(key) in (None, [], ""):
                 continue  # the whole-dataset baseline has no IPC
