@@ -578,6 +578,22 @@ class Method(abc.ABC):
     ) -> SyntheticSet:
         """Condense ``real`` into ``ipc`` images per class; every draw seeded by ``seed``."""
 
+    def _loop_state(
+        self,
+        images: Tensor,
+        optimizer: torch.optim.Optimizer,
+        generators: Mapping[str, torch.Generator],
+        counters: dict[str, float],
+        *,
+        seed: int,
+        ipc: int,
+        history: Optional[list] = None,
+    ) -> "LoopState":
+        """The :class:`LoopState` of one run of this method; its checkpoints carry the run's
+        identity (method, seed, IPC), so another run's checkpoint is refused on restore."""
+        return LoopState(images, optimizer, generators, counters, history=history,
+                         identity={"method": self.name, "seed": int(seed), "ipc": int(ipc)})
+
     def _synset(
         self,
         real: ClassData,

@@ -94,7 +94,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods.base import (
-    LoopState,
     ClassData,
     CostMeter,
     Method,
@@ -523,8 +522,7 @@ class CAFE(Method):
             image_steps=0, inner_epochs=0, inner_loops=0, cap_fired_outer=0, cap_fired_inner=0,
             image_step_s=0.0, inner_epoch_s=0.0, probe_s=0.0, probes=0, elapsed_s=0.0,
         )
-        loop = LoopState(images, opt_img, gens, counters,
-                         identity={"method": self.name, "seed": int(seed), "ipc": int(ipc)})
+        loop = self._loop_state(images, opt_img, gens, counters, seed=seed, ipc=ipc)
         start_it = loop.restore(context.resume_state())
 
         def probe(net: nn.Module, carried: float) -> float:

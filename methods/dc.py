@@ -66,7 +66,6 @@ from methods.augment import DSA, parse_strategy
 from methods.base import (
     ClassData,
     CostMeter,
-    LoopState,
     Method,
     MethodConfig,
     MethodError,
@@ -395,8 +394,7 @@ class DC(Method):
             "image_steps": 0, "inner_epochs": 0, "matching_time_s": 0.0, "inner_time_s": 0.0,
         }
         history: list[float] = []
-        loop = LoopState(image_syn, opt_img, {"data": gen}, counters, history=history,
-                         identity={"method": self.name, "seed": int(seed), "ipc": int(ipc)})
+        loop = self._loop_state(image_syn, opt_img, {"data": gen}, counters, seed=seed, ipc=ipc, history=history)
         start_it = loop.restore(context.resume_state())
 
         def class_batches() -> ClassBatches:

@@ -34,7 +34,6 @@ import torch
 from torch import Tensor, nn
 
 from methods.base import (
-    LoopState,
     ClassData,
     CostMeter,
     Method,
@@ -135,8 +134,7 @@ class DM(Method):
         images, labels = init_synthetic(real, ipc, cfg.init, gens["init"], device)
         opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img)
         counters: dict[str, float] = dict(image_steps=0, image_step_s=0.0, elapsed_s=0.0)
-        loop = LoopState(images, opt_img, gens, counters,
-                         identity={"method": self.name, "seed": int(seed), "ipc": int(ipc)})
+        loop = self._loop_state(images, opt_img, gens, counters, seed=seed, ipc=ipc)
         start_it = loop.restore(context.resume_state())
 
 
