@@ -405,7 +405,8 @@ class _Validator:
             if key == "ipcs" and only_whole and s.get(key) in (None, [], ""):
                 continue  # the whole-dataset baseline has no IPC
             if key not in s or s[key] in (None, [], ""):
-                self.add(key, "required (a non-empty list)")
+                hint = "; only a sweep of 'whole' alone may leave it out" if key == "ipcs" else ""
+                self.add(key, f"required (a non-empty list){hint}")
         if "name" in s and not isinstance(s["name"], str):
             self.add("name", f"must be a string, got {s['name']!r}")
         elif isinstance(s.get("name"), str) and not re.fullmatch(r"[A-Za-z0-9_.\-]+", s["name"]):

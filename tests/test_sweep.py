@@ -54,7 +54,7 @@ def test_expansion_is_the_product_plus_one_whole_cell_per_dataset_and_seed(tmp_p
 def test_a_whole_only_sweep_needs_no_ipcs_but_others_do(tmp_path):
     sw = build_sweep(spec(tmp_path, ipcs=None, methods=["whole"]))
     assert [(c.method, c.ipc, c.seed) for c in sw.cells] == [("whole", None, 0), ("whole", None, 1)]
-    with pytest.raises(SpecError, match="ipcs: required"):
+    with pytest.raises(SpecError, match="ipcs: required.*only a sweep of 'whole' alone"):
         build_sweep(spec(tmp_path, ipcs=None, methods=["whole", "random"]))
 
 
