@@ -5,7 +5,7 @@ readable when printed at column width. Colours are fixed per method (a colour-bl
 palette in the table's row order), so the same method has the same colour in every figure.
 
 Only :func:`image_grid` needs torch (it reads the synthetic sets through
-``methods.base.SyntheticSet.load``) and imports it lazily; everything else works from the
+``methods.synset.SyntheticSet.load``) and imports it lazily; everything else works from the
 loaded DataFrame alone.
 """
 
@@ -343,7 +343,7 @@ def _class_names(dataset: str, num_classes: int, names: Optional[Sequence[str]])
 
 
 def _load_synset(path: str):
-    from methods.base import SyntheticSet  # lazy: only this figure needs torch
+    from methods.synset import SyntheticSet  # lazy: only this figure needs torch
 
     return SyntheticSet.load(path)
 

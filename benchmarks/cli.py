@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from benchmarks import UserError
-from methods.base import MethodError, SyntheticSetFormatError
+from methods.errors import MethodError, SyntheticSetFormatError
 
 log = logging.getLogger("condbench")
 
@@ -188,7 +188,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from benchmarks.data import DataError, canonical_dataset_name, load_dataset
     from benchmarks.evaluate import evaluate_synset
     from benchmarks.pipeline import resolve_device
-    from methods.base import SyntheticSet
+    from methods.synset import SyntheticSet
 
     archs = parse_archs(args.arch)
     device = resolve_device(args.device)
@@ -260,7 +260,7 @@ def cmd_whole(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from benchmarks.data import _SPECS, dataset_names
-    from methods.base import available_methods
+    from methods.registry import available_methods
     from methods.networks import network_names
 
     what = args.what

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from benchmarks import UserError
 from benchmarks.storage import atomic_torch_save
-from methods.base import ClassData
+from methods.realdata import ClassData
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,9 @@ from tqdm.auto import tqdm
 from benchmarks import UserError
 from benchmarks.data import Dataset
 from benchmarks.dc_augment import DCAugment, dc_strategy
-from methods.base import CostMeter, SyntheticSet, make_generator
+from methods.context import CostMeter
+from methods.rng import make_generator
+from methods.synset import SyntheticSet
 from methods.ensemble import autocast_context, resolve_mode, train_ensemble
 from methods.networks import canonical_network_name, get_network
 from methods.training import Augment, accuracy, sgd, train_epoch
@@ -132,7 +134,7 @@ def evaluation_plan(
         defaults = synset_or_eval_defaults or {}
     arch = canonical_network_name(arch)
     if defaults.get("dsa"):
-        from methods.base import default_dsa_strategy
+        from methods.augment import default_dsa_strategy
 
         strategy = defaults.get("dsa_strategy") or default_dsa_strategy(dataset_name)
         augmentation = f"dsa:{strategy}"

@@ -158,7 +158,8 @@ def run_cell(
     from benchmarks.data import load_dataset
     from benchmarks.evaluate import evaluate_synset, evaluate_whole_dataset
     from benchmarks.pipeline import resolve_device, run_condense
-    from methods.base import SyntheticSet, get_method
+    from methods.registry import get_method
+    from methods.synset import SyntheticSet
 
     dev = resolve_device(device)
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -18,7 +18,10 @@ import torch
 from benchmarks import UserError
 from benchmarks.data import Dataset, canonical_dataset_name, dataset_info, is_tensor_dataset, load_dataset
 from benchmarks.storage import FileCheckpointStore, disk_cache
-from methods.base import MethodError, RunContext, SyntheticSet, get_method
+from methods.context import RunContext
+from methods.errors import MethodError
+from methods.registry import get_method
+from methods.synset import SyntheticSet
 
 _log = logging.getLogger(__name__)
 

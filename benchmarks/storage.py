@@ -42,7 +42,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 class FileCheckpointStore:
-    """:class:`methods.base.CheckpointStore` backed by one file (``load``/``save``).
+    """:class:`methods.context.CheckpointStore` backed by one file (``load``/``save``).
 
     ``load`` returns None when the file does not exist yet; an unreadable file raises
     :class:`CheckpointError` naming it (delete it to start the run afresh)."""
@@ -87,7 +87,7 @@ def _cache_file_name(key: str) -> str:
 
 
 def disk_cache(folder: str | os.PathLike) -> Callable[[str, Callable[[], dict]], dict]:
-    """A ``cache(key, compute) -> dict`` for :attr:`methods.base.RunContext.cache`.
+    """A ``cache(key, compute) -> dict`` for :attr:`methods.context.RunContext.cache`.
 
     The first call for ``key`` runs ``compute()`` and stores its dict of tensors/primitives in
     ``folder``; later calls (also from other processes) load it. An unreadable entry is logged,

@@ -560,7 +560,8 @@ class _Validator:
 
     def _method(self, m: Any, where: str, iterations, eval_epochs, train_arch) -> Optional[_MethodEntry]:
         from methods import available_methods
-        from methods.base import config_problems, method_base_overrides, method_config_class
+        from methods.config import config_problems
+        from methods.registry import method_base_overrides, method_config_class
 
         if isinstance(m, str):
             m = {"method": m}

@@ -1,25 +1,24 @@
 """Condensation methods behind one interface (see :mod:`methods.base`).
 
+Layout (one job per module): ``base`` the :class:`Method` interface; ``registry`` the registries
+(methods with their table metadata; the same :class:`~methods.registry.Registry` serves networks
+and datasets); ``config`` typed frozen configs and validated overrides; ``realdata`` the real
+training data (:class:`ClassData`); ``synset`` the synthetic-set format; ``context`` the run
+context, checkpoint stores and cost meter; ``loop`` the learned methods' resumable loop;
+``rng`` seeded generators; ``errors`` the user-facing exceptions; then one file per method, the
+network zoo, DSA augmentation and the training helpers.
+
 Importing this package registers every method; one import line per method file below.
 """
 
-from methods.base import (  # noqa: F401
-    ClassData,
-    CostMeter,
-    MemoryCheckpointStore,
-    Method,
-    MethodConfig,
-    MethodError,
-    RunContext,
-    StopRequested,
-    SyntheticSet,
-    SyntheticSetFormatError,
-    available_methods,
-    get_method,
-    make_generator,
-    register,
-    register_variant,
-)
+from methods.base import Method
+from methods.config import MethodConfig
+from methods.context import CostMeter, MemoryCheckpointStore, RunContext, StopRequested
+from methods.errors import MethodError, SyntheticSetFormatError
+from methods.realdata import ClassData
+from methods.registry import all_method_info, available_methods, get_method, method_info, register, register_variant
+from methods.rng import make_generator
+from methods.synset import SyntheticSet
 
 # --- method registry: one line per method file -------------------------------------------
 from methods import random_select  # noqa: F401,E402  registers "random"

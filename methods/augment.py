@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from methods.base import MethodError
+from methods.errors import MethodError
 
 TOKENS: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
 """Valid strategy tokens, joined with ``_`` in a strategy string."""
@@ -314,3 +314,11 @@ _APPLY = {
     "crop": DSA._crop,
     "cutout": DSA._cutout,
 }
+
+
+def default_dsa_strategy(dataset: str) -> str:
+    """DSA's per-dataset default strategy: no flip for digit datasets (MNIST, SVHN and the
+    bundled digits), where a mirrored digit is a different symbol (DSA readme)."""
+    if dataset.lower() in {"mnist", "svhn", "digits"}:
+        return "color_crop_cutout_scale_rotate"
+    return "color_crop_cutout_flip_scale_rotate"

@@ -93,20 +93,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.base import (
-    ClassData,
-    CostMeter,
-    Method,
-    MethodConfig,
-    MethodError,
-    RunContext,
-    SyntheticSet,
-    default_dsa_strategy,
-    derive_seed,
-    make_generator,
-    register,
-    register_variant,
-)
+from methods.augment import default_dsa_strategy
+from methods.base import Method
+from methods.config import MethodConfig
+from methods.context import CostMeter, RunContext
+from methods.errors import MethodError
+from methods.realdata import ClassData
+from methods.registry import register, register_variant
+from methods.rng import derive_seed, make_generator
+from methods.synset import SyntheticSet
 from methods.networks import canonical_network_name, get_network, has_batchnorm
 from methods.training import sgd, train_epoch
 
@@ -475,12 +470,52 @@ class Window:
 # --------------------------------------------------------------------------------------------
 
 
-@register("cafe", description="CAFE: layer-wise feature alignment + discrimination loss, dynamic bi-level loops")
+def _number(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _aligned_layer_count(spec: Any) -> int:
+    """How many layers a ``layer_weights`` value (as read back from JSON) aligns with a non-zero
+    weight: None is the paper's default (every block and the pooled features)."""
+    if spec is None:
+        return 4
+    if isinstance(spec, Mapping):
+        weights = list(spec.values())
+    elif isinstance(spec, (list, tuple)):
+        weights = [w[1] if isinstance(w, (list, tuple)) and len(w) == 2 else w for w in spec]
+    else:
+        weights = [spec]
+    return sum(1 for w in weights if _number(w) > 0)
+
+
+@register("cafe", display="CAFE", family="feature_alignment", order=300, description="CAFE: layer-wise feature alignment + discrimination loss, dynamic bi-level loops")
 class CAFE(Method):
     """CAFE (Wang et al., CVPR 2022); see the module docstring for fidelity notes."""
 
     config_class = CAFEConfig
     eval_epochs_no_aug = 600  # CAFE's code: 600 epochs without augmentation, 1000 with DSA
+
+    @classmethod
+    def components(cls, config: Mapping[str, Any]) -> dict[str, bool]:
+        """CAFE's ablation switches (paper Table 5) read from a recorded config; keys missing
+        from ``config`` take :class:`CAFEConfig`'s defaults. Layer-wise alignment is on when
+        more than one depth is aligned with a non-zero weight (aligning only the last block is
+        the "without layer-wise alignment" variant)."""
+        defaults = CAFEConfig()
+        cfg = {"layer_weights": defaults.layer_weights, "embedding_weight": defaults.embedding_weight,
+               "discrimination_weight": defaults.discrimination_weight,
+               "dynamic_bilevel": defaults.dynamic_bilevel, "dsa": defaults.dsa}
+        cfg.update({k: v for k, v in (config or {}).items() if k in cfg})
+        return {
+            "Layer-wise": _aligned_layer_count(cfg["layer_weights"]) >= 2,
+            "Embedding": _number(cfg["embedding_weight"]) > 0,
+            "Discrimination": _number(cfg["discrimination_weight"]) > 0,
+            "Dynamic bi-level": bool(cfg["dynamic_bilevel"]),
+            "DSA": bool(cfg["dsa"]),
+        }
 
     def condense(
         self, real: ClassData, ipc: int, *, seed: int, context: Optional[RunContext] = None
@@ -648,4 +683,5 @@ class CAFE(Method):
         return self._synset(real, ipc, seed, images.detach(), labels, cost, extra=extra)
 
 
-register_variant("cafe_dsa", CAFE, {"dsa": True}, "CAFE+DSA: CAFE with per-class siamese DSA and DSA in inner-loop training")
+register_variant("cafe_dsa", "cafe", {"dsa": True}, display="CAFE+DSA", order=310,
+                 description="CAFE+DSA: CAFE with per-class siamese DSA and DSA in inner-loop training")

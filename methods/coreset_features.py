@@ -41,17 +41,13 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from methods.base import (
-    ClassData,
-    CostMeter,
-    Method,
-    MethodConfig,
-    MethodError,
-    RunContext,
-    SyntheticSet,
-    derive_seed,
-    make_generator,
-)
+from methods.base import Method
+from methods.config import MethodConfig
+from methods.context import CostMeter, RunContext
+from methods.errors import MethodError
+from methods.realdata import ClassData
+from methods.rng import derive_seed, make_generator
+from methods.synset import SyntheticSet
 from methods.networks import canonical_network_name, get_network
 from methods.training import sgd, train_epoch
 

@@ -63,20 +63,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods.augment import DSA, parse_strategy
-from methods.base import (
-    ClassData,
-    CostMeter,
-    Method,
-    MethodConfig,
-    MethodError,
-    RunContext,
-    SyntheticSet,
-    default_dsa_strategy,
-    derive_seed,
-    make_generator,
-    register,
-    register_variant,
-)
+from methods.augment import default_dsa_strategy
+from methods.base import Method
+from methods.config import MethodConfig
+from methods.context import CostMeter, RunContext
+from methods.errors import MethodError
+from methods.realdata import ClassData
+from methods.registry import register, register_variant
+from methods.rng import derive_seed, make_generator
+from methods.synset import SyntheticSet
 from methods.networks import canonical_network_name, get_network, has_batchnorm
 from methods.training import sgd, train_epoch
 
@@ -339,7 +334,7 @@ class DCConfig(MethodConfig):
             raise MethodError("invalid DC config: " + "; ".join(problems))
 
 
-@register("dc", description="DC: gradient matching (Zhao et al., ICLR 2021)")
+@register("dc", display="DC", family="gradient_matching", order=100, description="DC: gradient matching (Zhao et al., ICLR 2021)")
 class DC(Method):
     """Dataset condensation with gradient matching; ``dsa=True`` gives DSA (see module doc)."""
 
@@ -483,7 +478,9 @@ def _freeze_batchnorm(net: nn.Module, real: ClassData, gen: torch.Generator, per
 
 register_variant(
     "dsa",
-    DC,
+    "dc",
     {"dsa": True, "init": "real"},
-    "DSA: DC with differentiable siamese augmentation (Zhao & Bilen, ICML 2021)",
+    display="DSA",
+    order=110,
+    description="DSA: DC with differentiable siamese augmentation (Zhao & Bilen, ICML 2021)",
 )

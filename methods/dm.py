@@ -33,19 +33,15 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from methods.base import (
-    ClassData,
-    CostMeter,
-    Method,
-    MethodConfig,
-    MethodError,
-    RunContext,
-    SyntheticSet,
-    default_dsa_strategy,
-    derive_seed,
-    make_generator,
-    register,
-)
+from methods.augment import default_dsa_strategy
+from methods.base import Method
+from methods.config import MethodConfig
+from methods.context import CostMeter, RunContext
+from methods.errors import MethodError
+from methods.realdata import ClassData
+from methods.registry import register
+from methods.rng import derive_seed, make_generator
+from methods.synset import SyntheticSet
 from methods.cafe import _check_dsa_strategy, augment_per_class, classes_per_chunk, init_synthetic, real_batch, sync
 from methods.networks import canonical_network_name, get_network
 
@@ -101,7 +97,7 @@ def dm_loss(net: nn.Module, real_x: Tensor, syn_x: Tensor, num_classes: int) -> 
     return (real_means - syn_means).pow(2).sum()
 
 
-@register("dm", description="DM: distribution matching of class-mean embeddings through random frozen ConvNets")
+@register("dm", display="DM", family="distribution_matching", order=200, description="DM: distribution matching of class-mean embeddings through random frozen ConvNets")
 class DM(Method):
     """Distribution Matching (Zhao & Bilen, WACV 2023); see the module docstring."""
 

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.base import MethodError
+from methods.errors import MethodError
 from methods.training import sgd, train_epoch
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]

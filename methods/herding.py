@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from methods.base import register
+from methods.registry import register
 from methods.coreset_features import CoresetFeatureConfig, GreedyCoresetMethod, check_selection_size
 
 
@@ -67,7 +67,7 @@ class HerdingConfig(CoresetFeatureConfig):
     embedding of the reference ConvNet trained 20 epochs on the full training set)."""
 
 
-@register("herding", description="Herding coreset: greedy running-mean matching per class (argmin)")
+@register("herding", display="Herding", family="coreset", order=20, description="Herding coreset: greedy running-mean matching per class (argmin)")
 class Herding(GreedyCoresetMethod):
     """Herding coreset (DC author's pseudocode, argmin), per class in a learned feature space."""
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from methods.base import register
+from methods.registry import register
 from methods.coreset_features import CoresetFeatureConfig, GreedyCoresetMethod, check_selection_size
 
 
@@ -65,6 +65,9 @@ class KCenterConfig(CoresetFeatureConfig):
 
 @register(
     "kcenter",
+    display="K-Center",
+    family="coreset",
+    order=30,
     description="K-Center coreset: greedy farthest point per class, from the class-mean-nearest sample",
 )
 class KCenter(GreedyCoresetMethod):

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.base import MethodError, make_generator
+from methods.errors import MethodError
+from methods.rng import make_generator
 
 # --------------------------------------------------------------------------------------------
 # Building blocks

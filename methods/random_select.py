@@ -11,7 +11,13 @@ from typing import Optional
 
 import torch
 
-from methods.base import ClassData, CostMeter, Method, MethodConfig, RunContext, SyntheticSet, make_generator, register
+from methods.base import Method
+from methods.config import MethodConfig
+from methods.context import CostMeter, RunContext
+from methods.realdata import ClassData
+from methods.registry import register
+from methods.rng import make_generator
+from methods.synset import SyntheticSet
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,7 @@ class RandomConfig(MethodConfig):
     """Random selection has no hyper-parameters."""
 
 
-@register("random", description="Random coreset: IPC real images per class, seeded")
+@register("random", display="Random", family="coreset", order=10, description="Random coreset: IPC real images per class, seeded")
 class RandomSelection(Method):
     """IPC random real images per class."""
 

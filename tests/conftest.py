@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from methods.base import ClassData
+from methods.realdata import ClassData
 
 # Two cores on CI: keep each test process on one intra-op thread unless told otherwise, so
 # parallel workers do not oversubscribe.

@@ -214,7 +214,7 @@ MEAN3, STD3 = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 def _write_synsets(root: Path) -> None:
     import torch
 
-    from methods.base import SyntheticSet
+    from methods.synset import SyntheticSet
 
     for label, method in (("random", "random"), ("dc", "dc"), ("cafe", "cafe")):
         for ipc in (1, 10):

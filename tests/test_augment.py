@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from methods.augment import DSA, TOKENS, Draw, DSAParams, parse_strategy
-from methods.base import MethodError
+from methods.errors import MethodError
 
 N_DRAWS = 20000
 

@@ -8,7 +8,10 @@ import torch
 
 import methods  # noqa: F401  (registers every method)
 from methods import cafe as cafe_mod
-from methods.base import MemoryCheckpointStore, MethodError, RunContext, StopRequested, build_config, get_method
+from methods.config import build_config
+from methods.context import MemoryCheckpointStore, RunContext, StopRequested
+from methods.errors import MethodError
+from methods.registry import get_method
 from methods.cafe import (
     CAFEConfig,
     cafe_loss,

@@ -16,7 +16,8 @@ from benchmarks.cli import main, parse_overrides
 from benchmarks.data import load_dataset
 from benchmarks.pipeline import DeviceError, resolve_device, run_condense
 from benchmarks.storage import CheckpointError, FileCheckpointStore, disk_cache
-from methods.base import MethodError, SyntheticSet
+from methods.errors import MethodError
+from methods.synset import SyntheticSet
 
 REPO = Path(__file__).resolve().parents[1]
 

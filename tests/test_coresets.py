@@ -7,7 +7,7 @@ import torch
 
 import methods.coreset_features as cf
 from methods import RunContext, SyntheticSet, get_method
-from methods.base import MethodError
+from methods.errors import MethodError
 from methods.coreset_features import embeddings, feature_cache_key
 from methods.herding import HerdingConfig, herding_select
 from methods.kcenter import kcenter_select

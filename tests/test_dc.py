@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from methods import MemoryCheckpointStore, RunContext, StopRequested, get_method
-from methods.base import ClassData, MethodError, make_generator
+from methods.errors import MethodError
+from methods.realdata import ClassData
+from methods.rng import make_generator
 from methods.dc import (
     DC,
     DCConfig,

@@ -8,7 +8,12 @@ import torch
 
 import methods  # noqa: F401  (registers every method)
 from methods import dm as dm_mod
-from methods.base import ClassData, MemoryCheckpointStore, MethodError, RunContext, StopRequested, build_config, get_method, make_generator
+from methods.config import build_config
+from methods.context import MemoryCheckpointStore, RunContext, StopRequested
+from methods.errors import MethodError
+from methods.realdata import ClassData
+from methods.registry import get_method
+from methods.rng import make_generator
 from methods.dm import DMConfig, dm_loss
 from methods.networks import get_network
 from methods.training import accuracy, sgd, train_epoch

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from methods.augment import DSA
-from methods.base import MethodError, make_generator
+from methods.errors import MethodError
+from methods.rng import make_generator
 from methods.ensemble import resolve_mode, train_ensemble, vectorizable
 from methods.networks import get_network
 

@@ -21,7 +21,8 @@ from benchmarks.evaluate import (
     network_seed,
     train_and_test,
 )
-from methods.base import ClassData, SyntheticSet
+from methods.realdata import ClassData
+from methods.synset import SyntheticSet
 from tests.conftest import make_classdata
 
 

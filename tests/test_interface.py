@@ -9,19 +9,11 @@ import pytest
 import torch
 
 from methods import available_methods, get_method
-from methods.base import (
-    FORMAT_VERSION,
-    ClassData,
-    MemoryCheckpointStore,
-    MethodConfig,
-    MethodError,
-    RunContext,
-    StopRequested,
-    SyntheticSet,
-    SyntheticSetFormatError,
-    build_config,
-    config_problems,
-)
+from methods.config import MethodConfig, build_config, config_problems
+from methods.context import MemoryCheckpointStore, RunContext, StopRequested
+from methods.errors import MethodError, SyntheticSetFormatError
+from methods.realdata import ClassData
+from methods.synset import FORMAT_VERSION, SyntheticSet
 from tests.conftest import make_classdata
 
 
@@ -155,7 +147,8 @@ def test_run_context_checkpoint_snapshot_and_stop():
 
 
 def test_loop_state_round_trips_history_and_refuses_foreign_or_old_checkpoints():
-    from methods.base import LoopState, MethodError
+    from methods.errors import MethodError
+    from methods.loop import LoopState
 
     def make(seed=0, ipc=1):
         images = torch.zeros(2, 1, 4, 4, requires_grad=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.base import MethodError, make_generator
+from methods.errors import MethodError
+from methods.rng import make_generator
 from methods.networks import ConvNet, canonical_network_name, get_network, has_batchnorm, network_names
 
 GEOMETRIES = {

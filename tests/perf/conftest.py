@@ -312,7 +312,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
 def random_classdata(num_classes: int, per_class: int, channel: int, size: int, device: torch.device, seed: int = 0):
     """Class-dependent random images (normalised-space values), on ``device``."""
-    from methods.base import ClassData
+    from methods.realdata import ClassData
 
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn(num_classes, channel, size, size, generator=g)

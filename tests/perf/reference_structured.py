@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from methods.base import ClassData
+from methods.realdata import ClassData
 from tests.oracles import dc_oracle_loss
 from tests.oracles_fa import dm_oracle_loss
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from benchmarks.evaluate import lr_schedule, network_seed, test_accuracy, train_networks
-from methods.base import make_generator
+from methods.rng import make_generator
 from methods.ensemble import train_ensemble
 from methods.networks import get_network
 from methods.training import accuracy
