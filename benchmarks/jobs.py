@@ -1,17 +1,7 @@
-"""Running sweep cells: the job callable, executors, submission, re-attach, status and cancel.
+"""Running sweep cells: executors, submission, re-attach, status and cancel.
 
-**The job** (:class:`CellJob`) is a :class:`submitit.helpers.Checkpointable`: it condenses one
-cell (or reuses the cell's stored synthetic set), evaluates it on every architecture that has no
-record yet, and writes one record per architecture into the results store. The condensation
-checkpoints its loop state to ``<out>/checkpoints/<cell_id>.pt`` every ``checkpoint_every``
-iterations. When SLURM announces a preemption or the time limit (submitit's ``USR2`` signal),
-submitit calls :meth:`CellJob.checkpoint`, which saves the *latest* consistent loop snapshot
-(``RunContext.save_latest``: the state after the last finished iteration) and hands submitit a
-copy of the job to requeue. The requeued job loads the checkpoint and continues at the next
-iteration; because every random draw comes from generators whose state is in the checkpoint,
-its final synthetic set equals an uninterrupted run's (on CPU; GPU kernels may differ in the
-last bits). A cell that raises writes ``failures/<cell_id>.json`` (error, traceback, log path,
-job id) and re-raises, so SLURM marks the job failed; the other cells are unaffected.
+The job each cell runs is :class:`benchmarks.worker.CellJob` (see there for checkpointing and
+preemption).
 
 **Executors** by name:
 
@@ -34,24 +24,20 @@ record present) are skipped.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import signal
-import socket
-import sys
 import time
-import traceback as _traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import submitit
-from submitit.helpers import Checkpointable, DelayedSubmission
 
-from benchmarks.store import Store, code_version, utc_now
-from benchmarks.sweep import Cell, Sweep, WHOLE
+from benchmarks.store import Store
+from benchmarks.worker import CellJob
+from benchmarks.sweep import Cell, Sweep
 
 EXECUTORS = ("slurm", "local", "debug")
 ACTIVE_SLURM_STATES = {
@@ -65,166 +51,6 @@ UNKNOWN tracked job counts as gone."""
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# The job
-# --------------------------------------------------------------------------------------------
-
-
-class CellJob(Checkpointable):
-    """Condense + evaluate one cell into the store (picklable; see module doc)."""
-
-    def __init__(
-        self,
-        store_root: str,
-        cell: Mapping[str, Any],
-        *,
-        sweep_name: str,
-        archs: Sequence[str],
-        data_root: str,
-        device: str = "auto",
-        download: bool = False,
-        checkpoint_every: int = 10,
-        progress: bool = False,
-    ) -> None:
-        self.store_root = str(store_root)
-        self.cell = dict(cell)
-        self.sweep_name = sweep_name
-        self.archs = list(archs)
-        self.data_root = str(data_root)
-        self.device = device
-        self.download = download
-        self.checkpoint_every = checkpoint_every
-        self.progress = progress
-        self._context = None  # live RunContext while condensing (not pickled)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_context"] = None
-        return state
-
-    def __call__(self) -> dict[str, Any]:
-        store = Store(self.store_root)
-        cell = Cell.from_json(self.cell)
-        try:
-            return run_cell(store, cell, self.archs, sweep_name=self.sweep_name, data_root=self.data_root,
-                            device=self.device, download=self.download,
-                            checkpoint_every=self.checkpoint_every, progress=self.progress,
-                            on_context=self._set_context)
-        except Exception as exc:
-            log_path, job_id = _job_log_and_id()
-            store.write_failure(cell.cell_id, f"{type(exc).__name__}: {exc}", _traceback.format_exc(),
-                                log_path, job_id)
-            raise
-        finally:
-            self._context = None
-
-    def _set_context(self, context: Any) -> None:
-        self._context = context
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
-        """Called by submitit on the preemption/timeout signal: persist the latest loop state,
-        then requeue a copy of this job (which resumes from the checkpoint file)."""
-        context = self._context
-        if context is not None:
-            saved = context.save_latest()
-            _log(f"checkpoint on signal: {'saved latest loop state' if saved else 'no state yet'}")
-        return DelayedSubmission(self)  # pickled without the live context (__getstate__)
-
-
-def _job_log_and_id() -> tuple[Optional[str], Optional[str]]:
-    try:
-        env = submitit.JobEnvironment()
-        return str(env.paths.stdout), str(env.job_id)
-    except Exception:  # not inside a submitit job (debug executor)
-        return None, None
-
-
-def run_cell(
-    store: Store,
-    cell: Cell,
-    archs: Sequence[str],
-    *,
-    sweep_name: str,
-    data_root: str,
-    device: str = "auto",
-    download: bool = False,
-    checkpoint_every: int = 10,
-    progress: bool = False,
-    on_context: Optional[Callable[[Any], None]] = None,
-) -> dict[str, Any]:
-    """Condense (or reuse the stored synset) and write one record per missing architecture."""
-    from benchmarks.data import load_dataset
-    from benchmarks.evaluate import evaluate_synset, evaluate_whole_dataset
-    from benchmarks.pipeline import resolve_device, run_condense
-    from methods.registry import get_method
-    from methods.synset import SyntheticSet
-
-    dev = resolve_device(device)
-    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
-    _log(f"cell {cell.cell_id}: {cell.describe()} on {dev} (archs: {', '.join(archs)}"
-         + (f"; CUDA_VISIBLE_DEVICES={gpus})" if gpus is not None else ")"))
-    dataset = load_dataset(cell.dataset, data_root=data_root, device=dev, download=download)
-    synset = None
-    condense_cost: dict[str, Any] = {}
-    method_config: dict[str, Any] = {}
-    if cell.method != WHOLE:
-        path = store.synset_path(cell.cell_id)
-        if path.is_file():
-            synset = SyntheticSet.load(path)
-            _log(f"reusing stored synthetic set {path}")
-        else:
-            extra = {}
-            if on_context is not None and "on_context" in inspect.signature(run_condense).parameters:
-                extra["on_context"] = on_context
-            synset = run_condense(
-                cell.method, dict(cell.overrides), dataset, cell.ipc, cell.seed, device=dev,
-                iterations=cell.iterations, checkpoint_path=store.checkpoint_path(cell.cell_id),
-                checkpoint_every=checkpoint_every, cache_dir=store.cache_dir, progress=progress,
-                log=_log, **extra,
-            )
-            synset.save(path)
-            store.checkpoint_path(cell.cell_id).unlink(missing_ok=True)
-        method_config = dict(synset.config)
-        condense_cost = {
-            "condense_wall_time_s": synset.cost.get("wall_time_s"),
-            "condense_peak_memory_mb": synset.cost.get("peak_memory_mb"),
-        }
-        condense_cost.update({k: v for k, v in synset.cost.items() if k not in ("wall_time_s", "peak_memory_mb")})
-    elif cell.method == WHOLE:
-        method_config = {}
-    written = []
-    for arch in archs:
-        if store.has_record(cell.cell_id, arch):
-            continue
-        if synset is None:
-            kwargs = {} if cell.eval_epochs is None else {"epochs": cell.eval_epochs}
-            res = evaluate_whole_dataset(dataset, arch, num_eval=cell.num_eval, seed=cell.seed,
-                                         device=dev, progress=progress, **kwargs)
-        else:
-            res = evaluate_synset(synset, dataset, arch, num_eval=cell.num_eval, epochs=cell.eval_epochs,
-                                  seed=cell.seed, device=dev, progress=progress)
-        cost = dict(condense_cost)
-        cost.update({
-            "eval_wall_time_s": res.wall_time_s, "eval_peak_memory_mb": res.peak_memory_mb,
-            "eval_train_time_s": res.train_time_s, "eval_test_time_s": res.test_time_s,
-        })
-        store.write_record({
-            "cell_id": cell.cell_id, "sweep": sweep_name, "dataset": cell.dataset, "ipc": cell.ipc,
-            "method": cell.method, "label": cell.label, "overrides": dict(cell.overrides),
-            "method_config": method_config, "iterations": cell.iterations, "seed": cell.seed, "train_arch": cell.train_arch,
-            "eval_arch": res.arch, "num_eval": res.num_eval, "eval_epochs": res.epochs,
-            "eval_augmentation": res.augmentation, "accuracies": [float(a) for a in res.accuracies],
-            "cost": cost,
-            "synset_path": None if synset is None else store.synset_relpath(cell.cell_id),
-            "code_version": code_version(), "host": socket.gethostname(), "device": res.device,
-        })
-        written.append(arch)
-        mean = sum(res.accuracies) / max(1, len(res.accuracies))
-        _log(f"cell {cell.cell_id} on {res.arch}: mean accuracy {100 * mean:.2f}% over {res.num_eval} nets")
-    store.clear_failure(cell.cell_id)
-    return {"cell_id": cell.cell_id, "archs_written": written}
 
 
 # --------------------------------------------------------------------------------------------

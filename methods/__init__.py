@@ -11,14 +11,14 @@ network zoo, DSA augmentation and the training helpers.
 Importing this package registers every method; one import line per method file below.
 """
 
-from methods.base import Method
-from methods.config import MethodConfig
-from methods.context import CostMeter, MemoryCheckpointStore, RunContext, StopRequested
-from methods.errors import MethodError, SyntheticSetFormatError
-from methods.realdata import ClassData
-from methods.registry import all_method_info, available_methods, get_method, method_info, register, register_variant
-from methods.rng import make_generator
-from methods.synset import SyntheticSet
+from methods.base import Method  # noqa: F401
+from methods.config import MethodConfig  # noqa: F401
+from methods.context import CostMeter, MemoryCheckpointStore, RunContext, StopRequested  # noqa: F401
+from methods.errors import MethodError, SyntheticSetFormatError  # noqa: F401
+from methods.realdata import ClassData  # noqa: F401
+from methods.registry import all_method_info, available_methods, get_method, method_info, register, register_variant  # noqa: F401
+from methods.rng import make_generator  # noqa: F401
+from methods.synset import SyntheticSet  # noqa: F401
 
 # --- method registry: one line per method file -------------------------------------------
 from methods import random_select  # noqa: F401,E402  registers "random"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import jobs, sweep_cli
+from benchmarks import jobs, sweep_cli, worker
 from benchmarks.store import Store, atomic_write_json
 from benchmarks.sweep import SpecError, build_sweep, cell_id, load_sweep, SWEEP_DIR
 
@@ -178,7 +178,7 @@ def test_bad_spec_is_rejected_with_its_path_before_submission(tmp_path, monkeypa
 
     monkeypatch.setattr(jobs, "submit_slurm", no_submit)
     monkeypatch.setattr(jobs, "submit_local", no_submit)
-    monkeypatch.setattr(jobs, "run_cell", no_submit)
+    monkeypatch.setattr(worker, "run_cell", no_submit)
     with pytest.raises(SpecError) as err:
         load_sweep(spec_file)
     assert any(p.startswith(path + ":") and fragment in p for p in err.value.problems), err.value.problems
