@@ -1,5 +1,10 @@
 """The network zoo of the reference ``get_network`` (DC/DSA/DM and CAFE code), written anew.
 
+The architectures are those the DC paper (Zhao et al., ICLR 2021, §3 and appendix) and its
+successors evaluate on; docs/reference.md §3 describes each reference structure. Every name
+is registered in :data:`NETWORKS` with :func:`register_network` (a decorator on a builder
+function); :func:`get_network` builds any registered name.
+
 Every architecture is built from a seeded :class:`torch.Generator` (:func:`get_network`), never
 from the clock: modules are created on the ``meta`` device (no global-RNG draws), materialised,
 then initialised with PyTorch's default schemes drawn from the generator.
@@ -21,13 +26,15 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods.errors import MethodError
+from methods.registry import Registry
 from methods.rng import make_generator
 
 # --------------------------------------------------------------------------------------------
@@ -80,8 +87,8 @@ class ConvNet(nn.Module):
     Features for CAFE/DM: :meth:`feature_maps` returns, in order shallow -> deep, the output of
     every block *before* its pooling (``block1`` ... ``block{depth}``) and the final pooled map
     (``pooled``), named in :attr:`feature_names`. With depth 3 these are exactly CAFE's
-    f1, f2, f3, f4 (§1.3 of the reference notes); :meth:`embed` is the flattened ``pooled``
-    map (CAFE's f5, DM's embedding).
+    f1, f2, f3, f4 (docs/reference.md §7; Wang et al., CAFE, CVPR 2022, §3.2); :meth:`embed`
+    is the flattened ``pooled`` map (CAFE's f5, DM's embedding).
     """
 
     def __init__(
@@ -272,6 +279,13 @@ class VGG11(nn.Module):
 
 
 class _BasicBlock(nn.Module):
+    """ResNet basic block: conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus the shortcut, ReLU.
+
+    With ``avgpool_stride`` (ResNet18BN_AP) a strided block convolves at stride 1 and
+    average-pools 2x2 *after* the first conv's norm and ReLU (conv -> BN -> ReLU -> pool), and
+    its shortcut is conv1x1 -> 2x2 average pool -> norm, as the reference's ``BasicBlock_AP``
+    (docs/reference.md §3)."""
+
     def __init__(self, cin: int, cout: int, stride: int, norm: str, avgpool_stride: bool) -> None:
         super().__init__()
 
@@ -293,7 +307,7 @@ class _BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(*short)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.pool1(self.conv1(x))))
+        out = self.pool1(F.relu(self.bn1(self.conv1(x))))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
@@ -303,8 +317,9 @@ class ResNet18(nn.Module):
 
     ``norm='instancenorm'`` is the reference default (GroupNorm(C, C)), ``'batchnorm'`` gives
     ResNet18BN. ``avgpool_stride=True`` is ResNet18BN_AP: strided convs become stride-1 convs
-    followed by 2x2 average pooling (shortcut too) and the head is AvgPool(1) + linear over the
-    whole map.
+    whose block pools 2x2 after the conv's norm and ReLU (the shortcut pools between its conv
+    and norm), and the head is a linear layer over the whole final map (512x4x4 at 32 px,
+    docs/reference.md §3).
     """
 
     def __init__(
@@ -349,67 +364,180 @@ class ResNet18(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Registry of names (the reference get_network list)
+# Registry (the reference get_network list, docs/reference.md §3)
 # --------------------------------------------------------------------------------------------
 
 Builder = Callable[[int, int, tuple[int, int]], nn.Module]
+"""``builder(channel, num_classes, (h, w)) -> nn.Module``; called on the ``meta`` device."""
 
 
-def _convnet(**kw) -> Builder:
-    return lambda ch, nc, size: ConvNet(ch, nc, size, **kw)
+@dataclass(frozen=True)
+class NetworkInfo:
+    """One registered architecture: its canonical ``name``, its ``builder`` and a one-line
+    ``description`` (the builder's docstring unless given)."""
+
+    name: str
+    builder: Builder
+    description: str = ""
 
 
-_NETWORKS: dict[str, Builder] = {
-    "MLP": lambda ch, nc, size: MLP(ch, nc, size),
-    "ConvNet": _convnet(),
-    "LeNet": lambda ch, nc, size: LeNet(ch, nc, size),
-    "AlexNet": lambda ch, nc, size: AlexNet(ch, nc, size),
-    "AlexNetBN": lambda ch, nc, size: AlexNet(ch, nc, size, bn=True),
-    "VGG11": lambda ch, nc, size: VGG11(ch, nc, size),
-    "VGG11BN": lambda ch, nc, size: VGG11(ch, nc, size, norm="batchnorm"),
-    "ResNet18": lambda ch, nc, size: ResNet18(ch, nc, size),
-    "ResNet18BN": lambda ch, nc, size: ResNet18(ch, nc, size, norm="batchnorm"),
-    "ResNet18BN_AP": lambda ch, nc, size: ResNet18(ch, nc, size, norm="batchnorm", avgpool_stride=True),
-    # depth
-    "ConvNetD1": _convnet(depth=1),
-    "ConvNetD2": _convnet(depth=2),
-    "ConvNetD3": _convnet(depth=3),
-    "ConvNetD4": _convnet(depth=4),
-    # width
-    "ConvNetW32": _convnet(width=32),
-    "ConvNetW64": _convnet(width=64),
-    "ConvNetW128": _convnet(width=128),
-    "ConvNetW256": _convnet(width=256),
-    # activation
-    "ConvNetAS": _convnet(act="sigmoid"),
-    "ConvNetAR": _convnet(act="relu"),
-    "ConvNetAL": _convnet(act="leakyrelu"),
-    "ConvNetASwish": _convnet(act="swish"),
-    "ConvNetASwishBN": _convnet(act="swish", norm="batchnorm"),
-    # normalisation
-    "ConvNetNN": _convnet(norm="none"),
-    "ConvNetBN": _convnet(norm="batchnorm"),
-    "ConvNetLN": _convnet(norm="layernorm"),
-    "ConvNetIN": _convnet(norm="instancenorm"),
-    "ConvNetGN": _convnet(norm="groupnorm"),
-    # pooling
-    "ConvNetNP": _convnet(pooling="none"),
-    "ConvNetMP": _convnet(pooling="maxpooling"),
-    "ConvNetAP": _convnet(pooling="avgpooling"),
+NETWORKS: Registry[NetworkInfo] = Registry("architecture", MethodError)
+"""Every architecture :func:`get_network` builds, keyed case-insensitively."""
+
+
+def register_network(name: str, *, description: str = "") -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder(channel, num_classes, im_size) -> nn.Module`` as ``name``.
+
+    The builder must not draw random numbers or allocate real tensors: :func:`get_network`
+    calls it on the ``meta`` device and initialises the parameters from its own generator.
+    A name already registered (case-insensitively) raises ``ValueError``::
+
+        @register_network("MyNet")
+        def _my_net(channel, num_classes, im_size):
+            return MyNet(channel, num_classes, im_size)
+    """
+
+    def make(builder: Builder) -> NetworkInfo:
+        text = description or (builder.__doc__ or "").strip().split("\n")[0]
+        return NetworkInfo(name, builder, text)
+
+    return NETWORKS.decorator(name, make)
+
+
+@register_network("MLP")
+def _mlp(ch: int, nc: int, size: tuple[int, int]) -> nn.Module:
+    """3-layer perceptron (128, 128)."""
+    return MLP(ch, nc, size)
+
+
+@register_network("LeNet")
+def _lenet(ch: int, nc: int, size: tuple[int, int]) -> nn.Module:
+    """LeNet-5 style, max-pooled."""
+    return LeNet(ch, nc, size)
+
+
+@register_network("AlexNet")
+def _alexnet(ch: int, nc: int, size: tuple[int, int]) -> nn.Module:
+    """The reference's small AlexNet."""
+    return AlexNet(ch, nc, size)
+
+
+@register_network("AlexNetBN")
+def _alexnet_bn(ch: int, nc: int, size: tuple[int, int]) -> nn.Module:
+    """AlexNet with BatchNorm after every conv."""
+    return AlexNet(ch, nc, size, bn=True)
+
+
+@register_network("VGG11")
+def _vgg11(ch: int, nc: int, size: tuple[int, int]) -> nn.Module:
+    """VGG11 with instance norm."""
+    return VGG11(ch, nc, size)
+
+
+@register_network("VGG11BN")
+def _vgg11_bn(ch: int, nc: int, size: tuple[int, int]) -> nn.Module:
+    """VGG11 with BatchNorm."""
+    return VGG11(ch, nc, size, norm="batchnorm")
+
+
+@register_network("ResNet18")
+def _resnet18(ch: int, nc: int, size: tuple[int, int]) -> nn.Module:
+    """ResNet18 with instance norm."""
+    return ResNet18(ch, nc, size)
+
+
+@register_network("ResNet18BN")
+def _resnet18_bn(ch: int, nc: int, size: tuple[int, int]) -> nn.Module:
+    """ResNet18 with BatchNorm."""
+    return ResNet18(ch, nc, size, norm="batchnorm")
+
+
+@register_network("ResNet18BN_AP")
+def _resnet18_bn_ap(ch: int, nc: int, size: tuple[int, int]) -> nn.Module:
+    """ResNet18 with BatchNorm, average pooling instead of strided convs."""
+    return ResNet18(ch, nc, size, norm="batchnorm", avgpool_stride=True)
+
+
+#: The ConvNet family of the reference list: name -> the ConvNet arguments that differ from
+#: the default (width 128, depth 3, ReLU, instance norm, average pooling).
+CONVNET_VARIANTS: dict[str, dict[str, Any]] = {
+    "ConvNet": {},
+    "ConvNetD1": {"depth": 1},
+    "ConvNetD2": {"depth": 2},
+    "ConvNetD3": {"depth": 3},
+    "ConvNetD4": {"depth": 4},
+    "ConvNetW32": {"width": 32},
+    "ConvNetW64": {"width": 64},
+    "ConvNetW128": {"width": 128},
+    "ConvNetW256": {"width": 256},
+    "ConvNetAS": {"act": "sigmoid"},
+    "ConvNetAR": {"act": "relu"},
+    "ConvNetAL": {"act": "leakyrelu"},
+    "ConvNetASwish": {"act": "swish"},
+    "ConvNetASwishBN": {"act": "swish", "norm": "batchnorm"},
+    "ConvNetNN": {"norm": "none"},
+    "ConvNetBN": {"norm": "batchnorm"},
+    "ConvNetLN": {"norm": "layernorm"},
+    "ConvNetIN": {"norm": "instancenorm"},
+    "ConvNetGN": {"norm": "groupnorm"},
+    "ConvNetNP": {"pooling": "none"},
+    "ConvNetMP": {"pooling": "maxpooling"},
+    "ConvNetAP": {"pooling": "avgpooling"},
 }
 
 
+def _convnet_builder(kwargs: dict[str, Any]) -> Builder:
+    def build(ch: int, nc: int, size: tuple[int, int]) -> nn.Module:
+        return ConvNet(ch, nc, size, **kwargs)
+
+    return build
+
+
+for _name, _kwargs in CONVNET_VARIANTS.items():
+    _text = ", ".join(f"{k}={v}" for k, v in _kwargs.items()) or "the default"
+    register_network(_name, description=f"ConvNet ({_text})")(_convnet_builder(dict(_kwargs)))
+del _name, _kwargs, _text
+
+
 def network_names() -> list[str]:
-    """Every architecture name :func:`get_network` accepts."""
-    return list(_NETWORKS)
+    """Every architecture name :func:`get_network` accepts, as registered (alphabetical)."""
+    return [info.name for _, info in NETWORKS.items()]
 
 
 def canonical_network_name(name: str) -> str:
-    """Case-insensitive lookup; raises :class:`MethodError` listing the valid names."""
-    for known in _NETWORKS:
-        if known.lower() == str(name).lower():
-            return known
-    raise MethodError(f"unknown architecture '{name}'; valid architectures: {', '.join(_NETWORKS)}")
+    """The registered spelling of ``name`` (case-insensitive); raises :class:`MethodError`
+    listing the valid names."""
+    if name not in NETWORKS:
+        raise MethodError(f"unknown architecture '{name}'; valid architectures: {', '.join(network_names())}")
+    return NETWORKS.get(name).name
+
+
+def network_skeleton(name: str, channel: int, num_classes: int, im_size: Sequence[int] = (32, 32)) -> nn.Module:
+    """Architecture ``name`` on the ``meta`` device: its structure and shapes (feature names,
+    layer sizes) without allocating memory or drawing random numbers. Use :func:`get_network`
+    for a network to run."""
+    info = NETWORKS.get(canonical_network_name(name))
+    with torch.device("meta"):
+        return info.builder(int(channel), int(num_classes), (int(im_size[0]), int(im_size[1])))
+
+
+class _BuilderView(Mapping[str, Builder]):
+    """Read-only ``canonical name -> builder`` view of :data:`NETWORKS`, kept for callers of the
+    former ``_NETWORKS`` dict (``methods/cafe.py``); new code uses :func:`network_skeleton`."""
+
+    def __getitem__(self, name: str) -> Builder:
+        if name not in NETWORKS:
+            raise KeyError(name)
+        return NETWORKS.get(name).builder
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(network_names())
+
+    def __len__(self) -> int:
+        return len(network_names())
+
+
+_NETWORKS: Mapping[str, Builder] = _BuilderView()
 
 
 def has_batchnorm(net: nn.Module) -> bool:
@@ -463,10 +591,7 @@ def get_network(
         raise ValueError("get_network needs exactly one of generator= or seed= (seeded init only)")
     if generator is None:
         generator = make_generator(int(seed))  # type: ignore[arg-type]
-    size = (int(im_size[0]), int(im_size[1]))
-    with torch.device("meta"):
-        net = _NETWORKS[key](int(channel), int(num_classes), size)
-    net = net.to_empty(device="cpu")
+    net = network_skeleton(key, channel, num_classes, im_size).to_empty(device="cpu")
     init_parameters(net, generator)
     net.arch_name = key  # type: ignore[attr-defined]
     return net.to(torch.device(device))
