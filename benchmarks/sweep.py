@@ -39,6 +39,7 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 
 from benchmarks import UserError
+from benchmarks.profile import ClusterProfile, read_profile
 
 WHOLE = "whole"
 """Pseudo-method: train on the whole training set (the upper bound of every table)."""
@@ -46,8 +47,6 @@ WHOLE = "whole"
 ID_VERSION = 1
 """Salt of the cell-id hash; bump only if the meaning of a cell's fields changes."""
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PROFILE_DIR = REPO_ROOT / "slurm"
 SWEEP_DIR = Path(__file__).resolve().parent / "sweeps"
 
 TOP_KEYS = {
@@ -72,22 +71,6 @@ METHOD_ENTRY_KEYS = ("method", "label", "budgets")
 ARCH_FIELDS = ("model", "feature_net", "net", "arch")
 """Config fields naming the network a method condenses with (first one present wins)."""
 
-PROFILE_KEYS = {
-    "partition": (str, type(None)),
-    "gpus_per_node": (int,),
-    "cpus_per_task": (int,),
-    "mem_gb": (int, float),
-    "timeout_min": (int,),
-    "account": (str, type(None)),
-    "qos": (str, type(None)),
-    "constraint": (str, type(None)),
-    "array_parallelism": (int,),
-    "additional_parameters": (dict, type(None)),
-    "setup": (list, type(None)),
-    "scale_with_ipc": (dict, type(None)),
-    "description": (str, type(None)),
-}
-SCALE_KEYS = ("reference_ipc", "time_exponent", "mem_exponent", "max_timeout_min", "max_mem_gb")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -182,12 +165,10 @@ class Sweep:
     data_root: Path
     download: bool
     device: str
-    profile: Optional[str]
+    profile: Optional[ClusterProfile]
     spec: dict[str, Any]
     spec_text: str
     source: str = "<spec>"
-    profile_path: Optional[Path] = None
-    profile_data: dict[str, Any] = field(default_factory=dict)
 
 
 def read_spec(source: str | os.PathLike) -> tuple[dict[str, Any], str]:
@@ -276,77 +257,11 @@ def build_sweep(
         data_root=v.data_root,
         download=bool(spec.get("download", False)),
         device=str(spec.get("device", "auto")),
-        profile=v.profile_name,
+        profile=v.profile,
         spec=dict(spec),
         spec_text=text if text is not None else yaml.safe_dump(dict(spec), sort_keys=False),
         source=source,
-        profile_path=v.profile_path,
-        profile_data=v.profile_data,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Profiles
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_profile_path(name: str) -> Path:
-    """``gpu`` -> ``slurm/gpu.yaml``; anything with a slash or ``.yaml`` is a path."""
-    text = str(name)
-    if "/" in text or text.endswith((".yaml", ".yml")):
-        return Path(text).expanduser()
-    return PROFILE_DIR / f"{text}.yaml"
-
-
-def profile_problems(data: Any, where: str = "profile") -> list[str]:
-    """Every problem of a loaded profile mapping (unknown keys, wrong types)."""
-    if not isinstance(data, dict):
-        return [f"{where}: a profile must be a mapping, got {type(data).__name__}"]
-    problems = []
-    for key, value in data.items():
-        if key not in PROFILE_KEYS:
-            problems.append(f"{where}.{key}: unknown profile key; valid keys: {', '.join(PROFILE_KEYS)}")
-            continue
-        types = PROFILE_KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            problems.append(f"{where}.{key}: must be {names}, got {value!r}")
-            continue
-        if key in ("gpus_per_node",) and value < 0:
-            problems.append(f"{where}.{key}: must be >= 0, got {value}")
-        if key in ("cpus_per_task", "timeout_min", "array_parallelism") and value < 1:
-            problems.append(f"{where}.{key}: must be >= 1, got {value}")
-        if key == "mem_gb" and value <= 0:
-            problems.append(f"{where}.{key}: must be > 0, got {value}")
-        if key == "scale_with_ipc" and value:
-            for sk, sv in value.items():
-                if sk not in SCALE_KEYS:
-                    problems.append(f"{where}.scale_with_ipc.{sk}: unknown key; valid keys: {', '.join(SCALE_KEYS)}")
-                elif sv is not None and (isinstance(sv, bool) or not isinstance(sv, (int, float)) or sv < 0):
-                    problems.append(f"{where}.scale_with_ipc.{sk}: must be a number >= 0, got {sv!r}")
-        if key == "setup" and value and not all(isinstance(s, str) for s in value):
-            problems.append(f"{where}.setup: must be a list of shell command strings")
-    return problems
-
-
-def load_profile(name: str) -> tuple[Path, dict[str, Any]]:
-    """Load and check a profile; raise :class:`SpecError` on any problem."""
-    path = resolve_profile_path(name)
-    problems, data = _read_profile(path, "profile")
-    if problems:
-        raise SpecError(problems, str(path))
-    return path, data
-
-
-def _read_profile(path: Path, where: str) -> tuple[list[str], dict[str, Any]]:
-    if not path.is_file():
-        shipped = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
-        return [f"{where}: profile file {path} does not exist (shipped profiles: {shipped})"], {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        return [f"{where}: {path} is not valid YAML ({getattr(exc, 'problem', exc)})"], {}
-    return profile_problems(data, where), data if isinstance(data, dict) else {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,9 +299,7 @@ class _Validator:
         self.problems: list[str] = []
         self.output = Path("results")
         self.data_root = Path("data")
-        self.profile_name: Optional[str] = None
-        self.profile_path: Optional[Path] = None
-        self.profile_data: dict[str, Any] = {}
+        self.profile: Optional[ClusterProfile] = None
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
@@ -553,10 +466,8 @@ class _Validator:
         if not isinstance(name, str):
             self.add("profile", f"must be a profile name or path, got {name!r}")
             return
-        path = resolve_profile_path(name)
-        problems, data = _read_profile(path, "profile")
+        problems, self.profile, _ = read_profile(name, "profile")
         self.problems.extend(problems)
-        self.profile_name, self.profile_path, self.profile_data = name, path.resolve(), data
 
     def _method(self, m: Any, where: str, iterations, eval_epochs, train_arch) -> Optional[_MethodEntry]:
         from methods import available_methods

@@ -17,9 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from benchmarks import UserError
+from benchmarks.executors import executor_names
+
+if TYPE_CHECKING:
+    from benchmarks.run_options import RunOptions
+    from benchmarks.sweep import Sweep
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -31,7 +36,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         "re-attached, never submitted twice.",
     )
     p.add_argument("spec", help="sweep YAML file, or the name of a shipped sweep (quick, paper_main, ...)")
-    p.add_argument("--executor", choices=("slurm", "local", "debug"), default="slurm",
+    p.add_argument("--executor", choices=executor_names(), default="slurm",
                    help="slurm: job arrays via submitit; local: subprocesses here; debug: in this process")
     p.add_argument("--profile", help="cluster profile (slurm/<name>.yaml or a path); overrides the spec's")
     p.add_argument("--output", help="results folder; overrides the spec's 'output'")
@@ -39,7 +44,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--force", action="store_true", help="redo finished cells (deletes their records and synsets)")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return; check later with `status`")
     p.add_argument("--parallel", type=int, default=1, help="local executor: cells running at once (default 1)")
+    p.add_argument("--array-parallelism", type=int, default=None,
+                   help="slurm: tasks of one job array running at once (default: the profile's)")
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoint saves")
+    p.add_argument("--progress", action="store_true", help="per-iteration progress lines in the job logs")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between job state polls")
     p.set_defaults(func=cmd_run)
 
@@ -53,15 +61,29 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     c.set_defaults(func=cmd_cancel)
 
 
+def run_options(args: argparse.Namespace, sweep: "Sweep") -> "RunOptions":
+    """The one :class:`RunOptions` of a ``run`` command: its flags over the spec's values."""
+    from benchmarks.run_options import RunOptions
+
+    return RunOptions.from_sweep(
+        sweep, executor=args.executor, force=args.force, wait=not args.no_wait, parallel=args.parallel,
+        array_parallelism=args.array_parallelism, checkpoint_every=args.checkpoint_every,
+        progress=args.progress, poll_s=args.poll)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks.jobs import run_sweep, sbatch_preview, slurm_parameters
+    from benchmarks.executors import executor_for, sbatch_preview
+    from benchmarks.launcher import run_sweep
     from benchmarks.store import Store
     from benchmarks.sweep import load_sweep
 
-    if args.parallel < 1 or args.checkpoint_every < 1:
-        raise UserError("--parallel and --checkpoint-every must be >= 1")
+    for flag, value in (("--parallel", args.parallel), ("--checkpoint-every", args.checkpoint_every),
+                        ("--array-parallelism", args.array_parallelism)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     sweep = load_sweep(args.spec, output=args.output, profile=args.profile,
                        need_profile=args.executor == "slurm")
+    options = run_options(args, sweep)
     if args.dry_run:
         store = Store(sweep.output)
         print(f"sweep '{sweep.name}' from {sweep.source}: {len(sweep.cells)} cells -> {sweep.output}")
@@ -74,20 +96,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"{cell.seed:>4}  {str(cell.iterations or 'dflt'):>6} {str(cell.eval_epochs or 'dflt'):>6}  "
                   f"{','.join(cell.eval_archs)}  [{state}]")
         if args.executor == "slurm":
-            groups: dict[tuple, list[str]] = {}
-            for cell in sweep.cells:
-                params = slurm_parameters(sweep.profile_data, cell.ipc, job_name=f"cb-{sweep.name}")
-                key = tuple(sbatch_preview(params, store.logs_dir))
-                groups.setdefault(key, []).append(str(cell.ipc) if cell.ipc is not None else "whole")
-            print(f"\nprofile {sweep.profile} ({sweep.profile_path}): {len(groups)} job array(s)")
-            for lines, ipcs in groups.items():
-                print(f"  array for {len(ipcs)} cell(s) (IPC {', '.join(sorted(set(ipcs)))}):")
-                for line in lines:
+            slurm = executor_for("slurm", store, options)
+            arrays = slurm.arrays(sweep.name, [(cell, list(cell.eval_archs)) for cell in sweep.cells])
+            profile = options.profile
+            print(f"\nprofile {profile.name} ({profile.path}): {len(arrays)} job array(s)")
+            for group in arrays:
+                ipcs = sorted({str(cell.ipc) if cell.ipc is not None else "whole" for cell, _ in group})
+                print(f"  array for {len(group)} cell(s) (IPC {', '.join(ipcs)}):")
+                for line in sbatch_preview(slurm.parameters(group[0][0].ipc, f"cb-{sweep.name}"), store.logs_dir):
                     print(f"    {line}")
         print("\ndry run: nothing submitted")
         return 0
-    summary = run_sweep(sweep, executor=args.executor, force=args.force, wait=not args.no_wait,
-                        parallel=args.parallel, poll_s=args.poll, checkpoint_every=args.checkpoint_every)
+    summary = run_sweep(sweep, options)
     print()
     print(f"summary: {len(sweep.cells)} cells; {summary.skipped} already finished, {summary.submitted} submitted, "
           f"{summary.reattached} re-attached; this run: {summary.done} done, {summary.failed} failed"
@@ -120,7 +140,7 @@ def print_status_table(statuses: Sequence, file=None) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from benchmarks.jobs import store_status
+    from benchmarks.launcher import store_status
     from benchmarks.store import Store
 
     store = Store(args.results)
@@ -132,7 +152,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from benchmarks.jobs import cancel_store
+    from benchmarks.launcher import cancel_store
     from benchmarks.store import Store
 
     store = Store(args.results)

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import jobs, sweep_cli, worker
+from benchmarks import executors, launcher, slurm_client, sweep_cli, worker
+from benchmarks import store as store_module
+from benchmarks.profile import ClusterProfile
+from benchmarks.run_options import RunOptions
 from benchmarks.store import Store, atomic_write_json
 from benchmarks.sweep import SpecError, build_sweep, cell_id, load_sweep, SWEEP_DIR
 
@@ -176,8 +179,8 @@ def test_bad_spec_is_rejected_with_its_path_before_submission(tmp_path, monkeypa
     def no_submit(*a, **k):  # pragma: no cover - reaching it is the failure
         raise AssertionError("submitted despite a bad spec")
 
-    monkeypatch.setattr(jobs, "submit_slurm", no_submit)
-    monkeypatch.setattr(jobs, "submit_local", no_submit)
+    monkeypatch.setattr(executors.SlurmExecutor, "submit", no_submit)
+    monkeypatch.setattr(executors.LocalExecutor, "submit", no_submit)
     monkeypatch.setattr(worker, "run_cell", no_submit)
     with pytest.raises(SpecError) as err:
         load_sweep(spec_file)
@@ -227,15 +230,16 @@ def test_resources_scale_with_ipc_and_cap():
     prof = {"timeout_min": 100, "mem_gb": 4, "scale_with_ipc": {"reference_ipc": 10, "time_exponent": 1.0,
                                                                 "mem_exponent": 0.5, "max_timeout_min": 400,
                                                                 "max_mem_gb": 6}}
-    assert jobs.scaled_resources(prof, 1) == (100, 4.0)
-    assert jobs.scaled_resources(prof, 10) == (100, 4.0)
-    assert jobs.scaled_resources(prof, 20) == (200, round(4 * 2 ** 0.5, 1))
-    assert jobs.scaled_resources(prof, 50) == (400, 6.0)  # both capped
-    assert jobs.scaled_resources(prof, None) == (400, 4.0)  # whole dataset: the time cap
-    params = jobs.slurm_parameters({"partition": "gpu", "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32,
-                                    "timeout_min": 240, "qos": "high", "additional_parameters": {"exclude": "n1"}},
-                                   10, job_name="x")
-    lines = "\n".join(jobs.sbatch_preview(params, Path("/tmp/logs")))
+    profile = ClusterProfile.from_mapping(prof)
+    assert profile.resources(1) == (100, 4.0)
+    assert profile.resources(10) == (100, 4.0)
+    assert profile.resources(20) == (200, round(4 * 2 ** 0.5, 1))
+    assert profile.resources(50) == (400, 6.0)  # both capped
+    assert profile.resources(None) == (400, 4.0)  # whole dataset: the time cap
+    gpu = ClusterProfile.from_mapping({"partition": "gpu", "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32,
+                                       "timeout_min": 240, "qos": "high", "additional_parameters": {"exclude": "n1"}})
+    params = gpu.sbatch_parameters(10, job_name="x")
+    lines = "\n".join(executors.sbatch_preview(params, Path("/tmp/logs")))
     for expected in ("--gpus-per-node=1", "--partition=gpu", "--cpus-per-task=8", "--mem=32768M",
                      "--time=240", "--qos=high", "--exclude=n1"):
         assert expected in lines, lines
@@ -273,7 +277,8 @@ def test_atomic_record_write_leaves_no_partial_file_on_a_crash(tmp_path, monkeyp
     assert sorted(p.name for p in store.records_dir.iterdir()) == ["abc__ConvNet.json"]  # no temp left
     assert [r["accuracies"] for r in store.iter_records()] == [[0.5]]
     rec_json = json.loads(store.record_path("abc", "ConvNet").read_text())
-    assert rec_json["schema"] == "condensation-bench/record" and rec_json["schema_version"] == 1
+    assert rec_json["schema"] == store_module.RECORD_SCHEMA
+    assert rec_json["schema_version"] == store_module.RECORD_SCHEMA_VERSION
 
 
 def test_readers_ignore_leftover_temp_files_and_garbage(tmp_path):
@@ -328,12 +333,20 @@ class _FakeSlurmExecutor:
         return ctx()
 
 
+def _slurm(store: Store) -> "executors.SlurmExecutor":
+    return executors.SlurmExecutor(store, RunOptions(executor="slurm", profile=ClusterProfile(timeout_min=5)))
+
+
+def debug(sw) -> RunOptions:
+    return RunOptions.from_sweep(sw, executor="debug")
+
+
 def _fake_slurm_store(tmp_path, monkeypatch):
     """A two-cell sweep's store, with sbatch replaced by :class:`_FakeSlurmExecutor`."""
     sw = build_sweep(spec(tmp_path, ipcs=[1], seeds=[0, 1], methods=["random"]))
     store = Store(sw.output)
     store.init(sw.name, sw.spec_text, [c.to_json() for c in sw.cells])
-    monkeypatch.setattr(jobs.submitit, "SlurmExecutor", _FakeSlurmExecutor)
+    monkeypatch.setattr(executors.submitit, "SlurmExecutor", _FakeSlurmExecutor)
     _FakeSlurmExecutor.seen_intents = []
     return sw, store
 
@@ -347,7 +360,7 @@ def test_launcher_killed_between_sbatch_and_tracking_does_not_submit_twice(tmp_p
 
     monkeypatch.setattr(store, "write_job", killed)
     with pytest.raises(KeyboardInterrupt):
-        jobs.submit_slurm(store, sw, todo, {"timeout_min": 5})
+        _slurm(store).submit(sw.name, todo)
     monkeypatch.undo()
     (intent,) = _FakeSlurmExecutor.seen_intents[0]
     assert [c["cell_id"] for c in intent["cells"]] == [c.cell_id for c in sw.cells]
@@ -356,9 +369,9 @@ def test_launcher_killed_between_sbatch_and_tracking_does_not_submit_twice(tmp_p
 
     # The next launcher finds the array by its name and tracks its tasks instead of resubmitting.
     asked = []
-    monkeypatch.setattr(jobs, "jobs_named", lambda name: asked.append(name) or {0: "700_0", 1: "700_1"})
-    monkeypatch.setattr(jobs, "slurm_states", lambda ids: {j: "RUNNING" for j in ids})
-    finished, active, todo_again = jobs.plan(store, sw)
+    monkeypatch.setattr(slurm_client, "jobs_named", lambda name: asked.append(name) or {0: "700_0", 1: "700_1"})
+    monkeypatch.setattr(slurm_client, "slurm_states", lambda ids: {j: "RUNNING" for j in ids})
+    finished, active, todo_again = launcher.plan(store, sw)
     assert asked == [intent["job_name"]]
     assert not todo_again and [c.cell_id for c, _ in active] == [c.cell_id for c in sw.cells]
     assert [store.read_job(c.cell_id)["job_id"] for c in sw.cells] == ["700_0", "700_1"]
@@ -367,7 +380,7 @@ def test_launcher_killed_between_sbatch_and_tracking_does_not_submit_twice(tmp_p
 
 def test_clean_submission_leaves_no_intent_and_tracks_every_task(tmp_path, monkeypatch):
     sw, store = _fake_slurm_store(tmp_path, monkeypatch)
-    out = jobs.submit_slurm(store, sw, [(c, ["ConvNet"]) for c in sw.cells], {"timeout_min": 5})
+    out = _slurm(store).submit(sw.name, [(c, ["ConvNet"]) for c in sw.cells])
     assert [s.job_id for s in out] == ["700_0", "700_1"] and len(_FakeSlurmExecutor.seen_intents[0]) == 1
     assert store.pending_submissions() == [] and store.read_job(sw.cells[1].cell_id)["job_id"] == "700_1"
 
@@ -378,7 +391,7 @@ def test_interrupted_submission_slurm_never_saw_is_dropped(tmp_path, answer, tra
     store.write_job("a", job_id="42_0", executor="slurm", archs=["ConvNet"])  # written before the kill
     store.begin_submission("tok", "cb-x-tok", [("a", ["ConvNet"]), ("b", ["ConvNet", "MLP"])])
     logs = []
-    n = jobs.recover_submissions(store, logs.append, find=lambda name: answer)
+    n = executors.recover_submissions(store, logs.append, find=lambda name: answer)
     assert store.pending_submissions() == []
     assert n == int(tracked) and (store.read_job("b") is not None) == tracked
     if tracked:
@@ -397,13 +410,13 @@ def test_jobs_named_parses_squeue_and_sacct(monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, outputs[cmd[0]], "")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    assert jobs.jobs_named("cb-x") == {0: "55_0", 1: "55_1", 2: "55_2", 3: "55_3"}
+    assert slurm_client.jobs_named("cb-x") == {0: "55_0", 1: "55_1", 2: "55_2", 3: "55_3"}
 
     def missing(cmd, **kw):
         raise FileNotFoundError(cmd[0])
 
     monkeypatch.setattr(subprocess, "run", missing)
-    assert jobs.jobs_named("cb-x") is None
+    assert slurm_client.jobs_named("cb-x") is None
 
 
 # -- a real (tiny) run with the in-process executor ---------------------------------------------
@@ -412,7 +425,7 @@ def test_jobs_named_parses_squeue_and_sacct(monkeypatch):
 def test_debug_run_writes_records_skips_finished_and_evaluates_only_new_archs(tmp_path):
     data = spec(tmp_path, ipcs=[1], seeds=[0], methods=["random"], budgets={"eval_epochs": 1})
     sw = build_sweep(data)
-    summary = jobs.run_sweep(sw, executor="debug", log=lambda m: None)
+    summary = launcher.run_sweep(sw, debug(sw), log=lambda m: None)
     assert summary.done == 1 and summary.failed == 0
     store = Store(sw.output)
     cid = sw.cells[0].cell_id
@@ -427,14 +440,14 @@ def test_debug_run_writes_records_skips_finished_and_evaluates_only_new_archs(tm
     assert cells["sweep"] == "t" and cells["cells"][0]["cell_id"] == cid
     synset_mtime = store.synset_path(cid).stat().st_mtime_ns
 
-    again = jobs.run_sweep(build_sweep(data), executor="debug", log=lambda m: None)
+    again = launcher.run_sweep(build_sweep(data), debug(sw), log=lambda m: None)
     assert again.skipped == 1 and again.submitted == 0
 
-    more = jobs.run_sweep(build_sweep({**data, "eval_archs": ["ConvNet", "MLP"]}), executor="debug",
-                          log=lambda m: None)
+    more = launcher.run_sweep(build_sweep({**data, "eval_archs": ["ConvNet", "MLP"]}), debug(sw),
+                              log=lambda m: None)
     assert more.done == 1 and store.record_path(cid, "MLP").is_file()
     assert store.synset_path(cid).stat().st_mtime_ns == synset_mtime  # reused, not re-condensed
-    statuses = jobs.store_status(store)
+    statuses = launcher.store_status(store)
     assert [s.status for s in statuses] == ["done"]
 
 
@@ -445,9 +458,9 @@ def test_debug_run_records_a_failing_cell_and_finishes_the_others(tmp_path):
     store = Store(sw.output)
     store.synset_path(bad).parent.mkdir(parents=True)
     store.synset_path(bad).write_bytes(b"garbage")
-    summary = jobs.run_sweep(sw, executor="debug", log=lambda m: None)
+    summary = launcher.run_sweep(sw, debug(sw), log=lambda m: None)
     assert summary.failed == 1 and summary.done == 1
-    by_id = {s.cell.cell_id: s for s in jobs.store_status(store)}
+    by_id = {s.cell.cell_id: s for s in launcher.store_status(store)}
     assert by_id[bad].status == "failed" and "could not be read as a synthetic set" in by_id[bad].error
     assert by_id[sw.cells[1].cell_id].status == "done"
     failure = store.read_failure(bad)

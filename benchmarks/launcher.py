@@ -1,0 +1,230 @@
+"""The launcher: run (or resume) a sweep, report every cell's status, cancel its jobs.
+
+:func:`run_sweep` writes the expanded sweep into the store, splits the cells (:func:`plan`) into
+finished (every record present: skipped), active (a recorded job is still queued or running:
+re-attached, never submitted twice) and to run, submits the latter through the executor named
+in :class:`~benchmarks.run_options.RunOptions` and follows every job until it ends. Before
+planning, submissions a killed launcher left half-recorded are recovered
+(:func:`benchmarks.executors.recover_submissions`). Which executor follows a recorded job is
+the one that submitted it (``jobs/<cell_id>.json``), whatever the current run's executor is.
+
+:func:`store_status` and :func:`cancel_store` work on a results store alone (``status`` and
+``cancel`` subcommands).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from benchmarks import slurm_client
+from benchmarks.executors import (
+    EXECUTORS, Executor, SlurmExecutor, Submitted, Work, executor_for, log_line, recover_submissions,
+)
+from benchmarks.run_options import RunOptions
+from benchmarks.store import Store
+from benchmarks.sweep import Cell, Sweep
+
+PROGRESS_EVERY_S = 30.0
+"""Seconds between the launcher's progress lines while it waits."""
+
+
+@dataclass
+class CellStatus:
+    """Where one cell stands: ``status`` is done | running | pending | failed | cancelled |
+    partial (some architectures' records missing) | missing."""
+
+    cell: Cell
+    status: str
+    job_id: Optional[str] = None
+    job_state: Optional[str] = None
+    log_path: Optional[str] = None
+    error: Optional[str] = None
+    missing_archs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    """What one launcher run did (counts of cells) and every cell's status afterwards."""
+
+    skipped: int = 0
+    submitted: int = 0
+    reattached: int = 0
+    done: int = 0
+    failed: int = 0
+    still_running: int = 0
+    statuses: list[CellStatus] = field(default_factory=list)
+
+
+def _tracker(store: Store, info: Mapping[str, Any]) -> Optional[Executor]:
+    """The executor that follows a recorded job (None for an executor this code does not know)."""
+    name = str(info.get("executor"))
+    return executor_for(name, store) if name in EXECUTORS else None
+
+
+def is_active(store: Store, info: Optional[Mapping[str, Any]],
+              states: Optional[Mapping[str, str]] = None) -> tuple[bool, str]:
+    """(still queued or running?, state) for a recorded job (None: nothing recorded)."""
+    if not info or info.get("state") == "CANCELLED_BY_USER":
+        return False, "NONE"
+    tracker = _tracker(store, info)
+    if tracker is None:
+        return False, "FINISHED"
+    return tracker.is_active(info, states)
+
+
+def prefetch_states(store: Store, cells: Iterable[Cell]) -> dict[str, str]:
+    """SLURM states of the recorded jobs of every unfinished cell, in two client calls."""
+    ids = []
+    for cell in cells:
+        info = store.read_job(cell.cell_id)
+        if info and info.get("executor") == SlurmExecutor.name and store.missing_archs(cell.cell_id,
+                                                                                      list(cell.eval_archs)):
+            ids.append(str(info.get("job_id")))
+    return slurm_client.slurm_states(ids)
+
+
+def cell_status(store: Store, cell: Cell, *, query: bool = True,
+                states: Optional[Mapping[str, str]] = None) -> CellStatus:
+    """The status of one cell from its records, recorded job and failure (``query``: ask the
+    executor whether the recorded job is still active)."""
+    missing = store.missing_archs(cell.cell_id, list(cell.eval_archs))
+    info = store.read_job(cell.cell_id)
+    job_id = None if not info else str(info.get("job_id"))
+    log_path = None if not info else info.get("log_path")
+    if not missing:
+        return CellStatus(cell, "done", job_id, info.get("state") if info else None, log_path)
+    if info and query:
+        active, state = is_active(store, info, states)
+        if active:
+            kind = "pending" if state in slurm_client.WAITING_STATES else "running"
+            return CellStatus(cell, kind, job_id, state, log_path, missing_archs=missing)
+    if info and info.get("state") == "CANCELLED_BY_USER":
+        return CellStatus(cell, "cancelled", job_id, "CANCELLED", log_path, missing_archs=missing)
+    failure = store.read_failure(cell.cell_id)
+    if failure is not None:
+        return CellStatus(cell, "failed", failure.get("job_id") or job_id, info.get("state") if info else None,
+                          failure.get("log_path") or log_path, failure.get("error"), missing)
+    partial = len(missing) < len(cell.eval_archs)
+    return CellStatus(cell, "partial" if partial else "missing", job_id,
+                      info.get("state") if info else None, log_path, missing_archs=missing)
+
+
+def store_status(store: Store, *, query: bool = True) -> list[CellStatus]:
+    """Every cell's status (``query``: recover interrupted submissions and ask SLURM)."""
+    if query:
+        recover_submissions(store)
+    _, raw = store.read_cells()
+    cells = [Cell.from_json(c) for c in raw]
+    states = prefetch_states(store, cells) if query else None
+    return [cell_status(store, c, query=query, states=states) for c in cells]
+
+
+def plan(store: Store, sweep: Sweep, *, force: bool = False) -> tuple[list[Cell], list[tuple[Cell, dict]], list[Work]]:
+    """Split the sweep's cells into (finished, still recorded as active, to submit). With
+    ``force`` every cell without an active job is to submit, with all its architectures."""
+    recover_submissions(store)
+    finished, active, todo = [], [], []
+    states = prefetch_states(store, sweep.cells) if not force else None
+    for cell in sweep.cells:
+        info = store.read_job(cell.cell_id)
+        if force:
+            running, _ = is_active(store, info)
+            if running:
+                active.append((cell, info))
+            else:
+                todo.append((cell, list(cell.eval_archs)))
+            continue
+        missing = store.missing_archs(cell.cell_id, list(cell.eval_archs))
+        if not missing:
+            finished.append(cell)
+            continue
+        running, _ = is_active(store, info, states)
+        if running:
+            active.append((cell, info))
+        else:
+            todo.append((cell, missing))
+    return finished, active, todo
+
+
+def run_sweep(sweep: Sweep, options: RunOptions, *, log: Callable[[str], None] = log_line) -> RunSummary:
+    """Run (or resume) a validated sweep into its store and follow its jobs until they end
+    (unless the executor does not follow them: ``slurm`` with ``options.wait`` False)."""
+    store = Store(sweep.output)
+    executor = executor_for(options.executor, store, options)
+    store.init(sweep.name, sweep.spec_text, [c.to_json() for c in sweep.cells])
+    finished, active, todo = plan(store, sweep, force=options.force)
+    summary = RunSummary(skipped=len(finished))
+    if options.force:
+        for cell, _ in todo:
+            store.delete_cell_results(cell.cell_id)
+    log(f"sweep '{sweep.name}': {len(sweep.cells)} cells -> {len(finished)} finished (skipped), "
+        f"{len(active) if executor.reattaches else 0} already queued/running (re-attached), "
+        f"{len(todo)} to run [{executor.name}]")
+    for cell, _ in todo:
+        store.clear_failure(cell.cell_id)
+
+    in_flight: list[Submitted] = []
+    if executor.reattaches:
+        for cell, info in active:
+            tracker = _tracker(store, info)
+            if tracker is not None:
+                in_flight.append(tracker.reattach(cell, info))
+    summary.reattached = len(in_flight)
+    queue = list(todo)
+    total = len(in_flight) + len(queue)
+    last_report = 0.0
+    while True:
+        room = executor.capacity(in_flight)
+        take = queue if room is None else queue[:room]
+        if take:
+            in_flight += executor.submit(sweep.name, take, log)
+            queue = queue[len(take):]
+            summary.submitted += len(take)
+        if not executor.follows:
+            summary.still_running = len(in_flight)
+            summary.statuses = store_status(store)
+            return summary
+        for s in list(in_flight):
+            tracker = executor if s.executor == executor.name else executor_for(s.executor, store)
+            if not tracker.finished(s):
+                continue
+            in_flight.remove(s)
+            if tracker.settle(s) == "done":
+                summary.done += 1
+            else:
+                summary.failed += 1
+                fail = store.read_failure(s.cell.cell_id) or {}
+                log(f"cell {s.cell.cell_id} ({s.cell.describe()}) FAILED: {fail.get('error')} "
+                    f"(log: {fail.get('log_path')})")
+        now = time.monotonic()
+        if now - last_report > PROGRESS_EVERY_S or not (in_flight or queue):
+            log(f"progress: {summary.done + summary.failed}/{total} finished "
+                f"({summary.done} done, {summary.failed} failed), {len(in_flight)} in flight, {len(queue)} waiting")
+            last_report = now
+        if not (in_flight or queue):
+            break
+        time.sleep(options.poll_s)
+    summary.statuses = store_status(store, query=False)
+    return summary
+
+
+def cancel_store(store: Store, log: Callable[[str], None] = log_line) -> list[str]:
+    """Cancel every recorded, still active job of a store; returns the cancelled job ids."""
+    recover_submissions(store, log)
+    _, cells = store.read_cells()
+    cancelled = []
+    for c in cells:
+        info = store.read_job(c["cell_id"])
+        active, state = is_active(store, info)
+        if not active or not info:
+            continue
+        tracker = _tracker(store, info)
+        if tracker is None or not tracker.cancel(info):
+            continue
+        job_id = str(info["job_id"])
+        store.update_job_state(c["cell_id"], "CANCELLED_BY_USER")
+        cancelled.append(job_id)
+        log(f"cancelled job {job_id} of cell {c['cell_id']} (was {state})")
+    return cancelled
