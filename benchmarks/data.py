@@ -1,6 +1,10 @@
 """Datasets as condensation needs them: one normalised tensor on the device + per-class index.
 
-Supported names (case-insensitive, see :func:`dataset_names`):
+Every built-in dataset is registered in :data:`DATASETS` by :func:`register_dataset`, a
+decorator on its loader function that also declares the dataset's static facts
+(:class:`DatasetInfo`: geometry, classes, mean/std, smallest class, display name, whether a
+horizontal flip keeps the label). Supported names (case-insensitive, ``-``/``_`` ignored, see
+:func:`dataset_names`):
 
 * ``mnist``, ``fashionmnist`` -- read from the official raw IDX files (plain or ``.gz``) with a
   small parser of our own, so no download is needed when the files are on disk. Search order
@@ -18,8 +22,8 @@ Supported names (case-insensitive, see :func:`dataset_names`):
 * ``digits`` -- bundled with scikit-learn, needs no download (see :func:`load_digits_dataset`).
 * ``tensor:<path.pt>`` -- a user's own data in one ``.pt`` file (see :func:`save_tensor_dataset`).
 
-Normalisation uses the per-dataset mean/std of the reference ``get_dataset`` (reference notes
-§2.2; DC's CIFAR100 statistics, not CAFE's copy of CIFAR10's). Images are ``ToTensor``-scaled to
+Normalisation uses the per-dataset mean/std of the reference ``get_dataset`` (docs/reference.md
+§2; DC's CIFAR100 statistics, not CAFE's copy of CIFAR10's). Images are ``ToTensor``-scaled to
 [0, 1] and then normalised per channel, exactly what the reference's transform pipeline does,
 but once for the whole array.
 
@@ -36,7 +40,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +49,7 @@ from torch import Tensor
 from benchmarks import UserError
 from benchmarks.storage import atomic_torch_save
 from methods.realdata import ClassData
+from methods.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -97,54 +102,140 @@ class Dataset:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Static metadata, known without loading anything (for validating sweeps up front).
+    """Static facts about a dataset, known without loading anything (for validating sweeps up
+    front and for tables).
 
     ``min_train_per_class`` is the size of the smallest training class (the largest possible
-    IPC); None when it is only known after loading (tensor files)."""
+    IPC); None when it is only known after loading. ``mean``/``std`` are the per-channel
+    normalisation statistics (empty when computed from the training split at load time).
+    ``display`` is the name tables print; ``order`` sorts datasets in tables.
+    ``flip_preserves_label`` is False where a mirrored image is another class (digits), so
+    augmentations leave out the horizontal flip there (DSA's per-dataset strategy,
+    docs/reference.md §4.3)."""
 
     channel: int
     im_size: tuple[int, int]
     num_classes: int
     min_train_per_class: Optional[int]
+    name: str = ""
+    display: str = ""
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    flip_preserves_label: bool = True
+    order: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for records and ``cells.json``."""
+        out = dataclasses.asdict(self)
+        out["im_size"] = list(self.im_size)
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
+
+
+Loader = Callable[[DatasetInfo, Path, torch.device, bool], Dataset]
+"""``loader(info, data_root, device, download) -> Dataset``."""
+
+Checker = Callable[[DatasetInfo, Path, bool], Optional[str]]
+"""``checker(info, data_root, download)``: why the dataset cannot be loaded, or None."""
+
+
+def _always_available(info: DatasetInfo, root: Path, download: bool) -> Optional[str]:
+    return None
 
 
 @dataclass(frozen=True)
-class _Spec:
-    title: str
+class DatasetEntry:
+    """One registered dataset: its static :attr:`info`, its loader and its availability check."""
+
     info: DatasetInfo
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    load: Loader
+    check: Checker = _always_available
 
 
-# Reference statistics (notes §2.2). Class counts: smallest training class of each dataset.
-_SPECS: dict[str, _Spec] = {
-    "mnist": _Spec("MNIST", DatasetInfo(1, (28, 28), 10, 5421), (0.1307,), (0.3081,)),
-    "fashionmnist": _Spec("FashionMNIST", DatasetInfo(1, (28, 28), 10, 6000), (0.2861,), (0.3530,)),
-    "svhn": _Spec(
-        "SVHN", DatasetInfo(3, (32, 32), 10, 4948), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
-    ),
-    "cifar10": _Spec(
-        "CIFAR10", DatasetInfo(3, (32, 32), 10, 5000), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-    ),
-    "cifar100": _Spec(
-        "CIFAR100", DatasetInfo(3, (32, 32), 100, 500), (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)
-    ),
-    "tinyimagenet": _Spec(
-        "TinyImageNet", DatasetInfo(3, (64, 64), 200, 500), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    ),
-    # digits: 1257 training images after the stratified 70/30 split; the smallest class (8)
-    # has 122 (checked by tests/test_data.py). mean/std are computed from the training split.
-    "digits": _Spec("digits", DatasetInfo(1, (16, 16), 10, 122), (), ()),
-}
+DATASETS: Registry[DatasetEntry] = Registry("dataset", DataError)
+"""Every built-in dataset, keyed by its lower-case name."""
+
+
+def register_dataset(
+    name: str,
+    *,
+    display: str,
+    channel: int,
+    im_size: tuple[int, int],
+    num_classes: int,
+    min_train_per_class: Optional[int],
+    mean: Sequence[float] = (),
+    std: Sequence[float] = (),
+    flip_preserves_label: bool = True,
+    order: int = 1000,
+    check: Checker = _always_available,
+) -> Callable[[Loader], Loader]:
+    """Decorator registering a loader ``loader(info, data_root, device, download) -> Dataset``
+    as dataset ``name`` with its static facts (see :class:`DatasetInfo`).
+
+    ``check(info, data_root, download)`` returns a one-line message when the files are missing
+    (without reading them), or None. Names are lower-case letters and digits; a taken name
+    raises ``ValueError``. One loader may be registered under several names (stack the
+    decorators); it tells them apart by ``info.name``::
+
+        @register_dataset("mydata", display="MyData", channel=3, im_size=(32, 32),
+                          num_classes=10, min_train_per_class=500, mean=(0.5,) * 3, std=(0.25,) * 3)
+        def _load_mydata(info, root, device, download):
+            xtr, ytr, xte, yte = ...  # float NCHW images in [0, 1], integer labels
+            return normalised_dataset(info, xtr, ytr, xte, yte, device=device, source=str(root))
+    """
+    key = str(name).lower()
+    if not key.isalnum() or key.startswith(TENSOR_PREFIX.rstrip(":")):
+        raise ValueError(f"dataset name '{name}' must be letters and digits and not start with 'tensor'")
+    if len(mean) != len(std) or (mean and len(mean) != channel):
+        raise ValueError(f"dataset '{name}': mean and std need {channel} entries each (or none)")
+    info = DatasetInfo(
+        int(channel), (int(im_size[0]), int(im_size[1])), int(num_classes),
+        None if min_train_per_class is None else int(min_train_per_class),
+        name=key, display=display, mean=tuple(float(m) for m in mean), std=tuple(float(v) for v in std),
+        flip_preserves_label=bool(flip_preserves_label), order=int(order),
+    )
+    return DATASETS.decorator(key, lambda loader: DatasetEntry(info, loader, check))
+
+
+class _EntryView(Mapping[str, DatasetEntry]):
+    """Read-only ``name -> DatasetEntry`` view of :data:`DATASETS` (each entry has ``.info``),
+    kept for callers of the former ``_SPECS`` dict (``benchmarks/cli.py``); new code uses
+    :func:`dataset_info`."""
+
+    def __getitem__(self, name: str) -> DatasetEntry:
+        if not isinstance(name, str) or name.startswith(TENSOR_PREFIX) or name not in DATASETS:
+            raise KeyError(name)
+        return DATASETS.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(builtin_dataset_names())
+
+    def __len__(self) -> int:
+        return len(builtin_dataset_names())
+
+
+_SPECS: Mapping[str, DatasetEntry] = _EntryView()
+
+
+def _display(key: str) -> str:
+    return DATASETS.get(key).info.display
+
 
 DIGITS_SIZE = 16
 DIGITS_TEST_FRACTION = 0.3
 DIGITS_SPLIT_SEED = 0
 
 
+def builtin_dataset_names() -> list[str]:
+    """The registered dataset names in table order."""
+    entries = sorted((e.info.order, n) for n, e in DATASETS.items())
+    return [n for _, n in entries]
+
+
 def dataset_names() -> list[str]:
     """Every accepted dataset name; ``tensor:<path.pt>`` stands for a user tensor file."""
-    return list(_SPECS) + [TENSOR_PREFIX + "<path.pt>"]
+    return builtin_dataset_names() + [TENSOR_PREFIX + "<path.pt>"]
 
 
 def canonical_dataset_name(name: str) -> str:
@@ -156,20 +247,22 @@ def canonical_dataset_name(name: str) -> str:
             raise DataError("dataset 'tensor:' needs a file path, e.g. tensor:data/mine.pt")
         return TENSOR_PREFIX + path
     key = text.lower().replace("-", "").replace("_", "")
-    if key not in _SPECS:
+    if key not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; valid datasets: {', '.join(dataset_names())}")
     return key
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Geometry, class count and smallest-class size without loading the images.
+    """Geometry, classes, statistics, display name and smallest-class size without loading
+    the images.
 
-    Built-in datasets answer from static metadata. A ``tensor:`` file is opened memory-mapped
-    to read its shapes and labels (cheap); ``min_train_per_class`` is then the real smallest
-    class. A missing or unreadable tensor file raises :class:`DataError`."""
+    Built-in datasets answer from their registration. A ``tensor:`` file is opened
+    memory-mapped to read its shapes and labels (cheap); ``min_train_per_class`` is then the
+    real smallest class and ``display`` the file's stem. A missing or unreadable tensor file
+    raises :class:`DataError`."""
     key = canonical_dataset_name(name)
     if not key.startswith(TENSOR_PREFIX):
-        return _SPECS[key].info
+        return DATASETS.get(key).info
     path = Path(key[len(TENSOR_PREFIX):])
     data = _torch_load(path, "tensor dataset", mmap=True)
     if "images_train" not in data or "labels_train" not in data:
@@ -185,7 +278,8 @@ def dataset_info(name: str) -> DatasetInfo:
     top = int(max(labels.max(), test.max() if test.numel() else 0)) + 1
     num_classes = len(names) if names else top
     counts = torch.bincount(labels, minlength=num_classes)
-    return DatasetInfo(int(shape[1]), (int(shape[2]), int(shape[3])), num_classes, int(counts.min()))
+    return DatasetInfo(int(shape[1]), (int(shape[2]), int(shape[3])), num_classes, int(counts.min()),
+                       name=key, display=path.stem)
 
 
 def is_tensor_dataset(name: str) -> bool:
@@ -225,7 +319,7 @@ def _idx_path(folder: Path, stem: str) -> Optional[Path]:
 
 def _idx_folder(key: str, root: Path) -> Optional[Path]:
     """First folder holding all four IDX files for mnist/fashionmnist (search order above)."""
-    title = _SPECS[key].title
+    title = _display(key)
     candidates = [root / title / "raw", root]
     if key == "fashionmnist" and not any(_has_idx(c) for c in candidates):
         candidates.append(SYSTEM_FASHION_MNIST)
@@ -258,29 +352,36 @@ def check_available(name: str, data_root: str | os.PathLike = "data", download: 
                 "images_test, labels_test)"
             )
         return None
-    if key == "digits":
+    entry = DATASETS.get(key)
+    return entry.check(entry.info, root, download)
+
+
+def _check_idx(info: DatasetInfo, root: Path, download: bool) -> Optional[str]:
+    if _idx_folder(info.name, root) is not None or download:
         return None
-    if key in ("mnist", "fashionmnist"):
-        if _idx_folder(key, root) is not None or download:
-            return None
-        return _missing_idx_message(key, root)
-    if key == "tinyimagenet":
-        path = root / "tinyimagenet.pt"
-        if path.is_file():
-            return None
-        return (
-            f"TinyImageNet tensor file {path} not found; it cannot be downloaded automatically. "
-            "Create it as the reference does: one torch file with uint8 images_train (N,3,64,64), "
-            "labels_train, images_val, labels_val and classes, saved as <data-root>/tinyimagenet.pt"
-        )
-    missing = [f for f in _TORCHVISION_FILES[key] if not (root / f).exists()]
+    return _missing_idx_message(info.name, root)
+
+
+def _check_tinyimagenet(info: DatasetInfo, root: Path, download: bool) -> Optional[str]:
+    path = root / "tinyimagenet.pt"
+    if path.is_file():
+        return None
+    return (
+        f"TinyImageNet tensor file {path} not found; it cannot be downloaded automatically. "
+        "Create it as the reference does: one torch file with uint8 images_train (N,3,64,64), "
+        "labels_train, images_val, labels_val and classes, saved as <data-root>/tinyimagenet.pt"
+    )
+
+
+def _check_torchvision(info: DatasetInfo, root: Path, download: bool) -> Optional[str]:
+    missing = [f for f in _TORCHVISION_FILES[info.name] if not (root / f).exists()]
     if not missing or download:
         return None
-    return _missing_torchvision_message(key, root, missing)
+    return _missing_torchvision_message(info.name, root, missing)
 
 
 def _missing_idx_message(key: str, root: Path) -> str:
-    title = _SPECS[key].title
+    title = _display(key)
     where = f"{root / title / 'raw'} or {root}"
     if key == "fashionmnist":
         where += f" or {SYSTEM_FASHION_MNIST}"
@@ -293,7 +394,7 @@ def _missing_idx_message(key: str, root: Path) -> str:
 
 
 def _missing_torchvision_message(key: str, root: Path, missing: Sequence[str]) -> str:
-    title = _SPECS[key].title
+    title = _display(key)
     return (
         f"{title} not found under data root {root} (missing {', '.join(str(root / m) for m in missing)}); "
         f"rerun with --download to fetch it, or place {_HOW_TO[key].format(root=root)}"
@@ -318,29 +419,34 @@ def load_dataset(
     device = torch.device(device)
     if key.startswith(TENSOR_PREFIX):
         return load_tensor_dataset(key[len(TENSOR_PREFIX):], device=device, name=key)
-    if key == "digits":
-        return load_digits_dataset(device=device)
-    problem = check_available(key, root, download)
+    entry = DATASETS.get(key)
+    problem = entry.check(entry.info, root, download)
     if problem is not None:
         raise DataError(problem)
-    spec = _SPECS[key]
-    if key in ("mnist", "fashionmnist"):
-        folder = _idx_folder(key, root)
-        if folder is None:  # download requested and nothing on disk
-            _torchvision_download(key, root)
-            folder = _idx_folder(key, root)
-            if folder is None:
-                raise DataError(_missing_idx_message(key, root))
-        log.info("reading %s IDX files from %s", spec.title, folder)
-        xtr, ytr, xte, yte = _read_idx_dataset(key, folder)
-        names = _torchvision_classes(key)
-        source = str(folder)
-    elif key == "tinyimagenet":
-        return _load_tinyimagenet(root / "tinyimagenet.pt", device)
-    else:
-        xtr, ytr, xte, yte, names = _load_torchvision(key, root, download)
-        source = str(root)
-    return _build(key, xtr, ytr, xte, yte, spec.mean, spec.std, names, device, source)
+    return entry.load(entry.info, root, device, download)
+
+
+def normalised_dataset(
+    info: DatasetInfo,
+    images_train: Tensor,
+    labels_train: Tensor,
+    images_test: Tensor,
+    labels_test: Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    class_names: Optional[Sequence[str]] = None,
+    source: str = "",
+) -> Dataset:
+    """The :class:`Dataset` a registered loader returns: float NCHW images in [0, 1] are
+    normalised with ``info.mean``/``info.std`` (statistics of the training split when the
+    registration gives none) and moved to ``device``."""
+    xtr = images_train.float()
+    mean, std = info.mean, info.std
+    if not mean:
+        mean = tuple(xtr.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(xtr.std(dim=(0, 2, 3)).clamp_min(1e-8).tolist())
+    return _build(info.name, xtr, labels_train, images_test, labels_test, mean, std, class_names,
+                  torch.device(device), source, num_classes=info.num_classes)
 
 
 def _build(
@@ -433,7 +539,7 @@ def _read_idx_dataset(key: str, folder: Path) -> tuple[Tensor, Tensor, Tensor, T
             )
     counts = np.bincount(arrays["train_labels"], minlength=10)
     looks_fashion = arrays["train_labels"].shape[0] == 60000 and bool((counts == 6000).all())
-    title = _SPECS[key].title
+    title = _display(key)
     if key == "fashionmnist" and arrays["train_labels"].shape[0] == 60000 and not looks_fashion:
         raise DataError(
             f"the IDX files in {folder} are not FashionMNIST (its 60000 training labels have 6000 "
@@ -469,7 +575,7 @@ def _torchvision_download(key: str, root: Path) -> None:
     import torchvision.datasets as tvd
 
     cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST}[key]
-    log.info("downloading %s into %s", _SPECS[key].title, root)
+    log.info("downloading %s into %s", _display(key), root)
     try:
         for train in (True, False):
             cls(str(root), train=train, download=True)
@@ -480,10 +586,29 @@ def _torchvision_download(key: str, root: Path) -> None:
 def _download_failed(key: str, root: Path, exc: BaseException) -> str:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return (
-        f"downloading {_SPECS[key].title} into {root} failed ({type(exc).__name__}: {first}); "
+        f"downloading {_display(key)} into {root} failed ({type(exc).__name__}: {first}); "
         "check the internet connection and that the folder is writable, or download it on "
         "another machine and copy it into the data root"
     )
+
+
+@register_dataset("mnist", display="MNIST", channel=1, im_size=(28, 28), num_classes=10,
+                  min_train_per_class=5421, mean=(0.1307,), std=(0.3081,),
+                  flip_preserves_label=False, order=0, check=_check_idx)
+@register_dataset("fashionmnist", display="FashionMNIST", channel=1, im_size=(28, 28), num_classes=10,
+                  min_train_per_class=6000, mean=(0.2861,), std=(0.3530,), order=1, check=_check_idx)
+def _load_idx_dataset(info: DatasetInfo, root: Path, device: torch.device, download: bool) -> Dataset:
+    """MNIST / FashionMNIST from the official IDX files (downloaded by torchvision on request)."""
+    folder = _idx_folder(info.name, root)
+    if folder is None:  # download requested and nothing on disk
+        _torchvision_download(info.name, root)
+        folder = _idx_folder(info.name, root)
+        if folder is None:
+            raise DataError(_missing_idx_message(info.name, root))
+    log.info("reading %s IDX files from %s", info.display, folder)
+    xtr, ytr, xte, yte = _read_idx_dataset(info.name, folder)
+    names = _torchvision_classes(info.name)
+    return _build(info.name, xtr, ytr, xte, yte, info.mean, info.std, names, device, str(folder))
 
 
 # -- torchvision (SVHN / CIFAR) ---------------------------------------------------------------
@@ -516,12 +641,27 @@ def _load_torchvision(key: str, root: Path, download: bool):
             raise DataError(_download_failed(key, root, exc)) from exc
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
-            f"{_SPECS[key].title} under {root} could not be read ({type(exc).__name__}: {first}); "
+            f"{_display(key)} under {root} could not be read ({type(exc).__name__}: {first}); "
             "delete the files and rerun with --download, or place "
             + _HOW_TO[key].format(root=root)
         ) from exc
     (xtr, ytr), (xte, yte) = splits
     return xtr, ytr, xte, yte, names
+
+
+@register_dataset("svhn", display="SVHN", channel=3, im_size=(32, 32), num_classes=10,
+                  min_train_per_class=4948, mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
+                  flip_preserves_label=False, order=2, check=_check_torchvision)
+@register_dataset("cifar10", display="CIFAR10", channel=3, im_size=(32, 32), num_classes=10,
+                  min_train_per_class=5000, mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
+                  order=3, check=_check_torchvision)
+@register_dataset("cifar100", display="CIFAR100", channel=3, im_size=(32, 32), num_classes=100,
+                  min_train_per_class=500, mean=(0.5071, 0.4866, 0.4409), std=(0.2673, 0.2564, 0.2762),
+                  order=4, check=_check_torchvision)
+def _load_torchvision_dataset(info: DatasetInfo, root: Path, device: torch.device, download: bool) -> Dataset:
+    """SVHN / CIFAR10 / CIFAR100 through torchvision's readers (and downloaders)."""
+    xtr, ytr, xte, yte, names = _load_torchvision(info.name, root, download)
+    return _build(info.name, xtr, ytr, xte, yte, info.mean, info.std, names, device, str(root))
 
 
 # -- tensor files (TinyImageNet, user data) ---------------------------------------------------
@@ -652,7 +792,12 @@ def save_tensor_dataset(
     return path
 
 
-def _load_tinyimagenet(path: Path, device: torch.device) -> Dataset:
+@register_dataset("tinyimagenet", display="TinyImageNet", channel=3, im_size=(64, 64), num_classes=200,
+                  min_train_per_class=500, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                  order=5, check=_check_tinyimagenet)
+def _load_tinyimagenet(info: DatasetInfo, root: Path, device: torch.device, download: bool) -> Dataset:
+    """The reference's TinyImageNet tensor file ``<data-root>/tinyimagenet.pt``."""
+    path = root / "tinyimagenet.pt"
     data = _torch_load(path, "TinyImageNet tensor")
     missing = [k for k in ("images_train", "labels_train", "images_val", "labels_val") if k not in data]
     if missing:
@@ -661,10 +806,9 @@ def _load_tinyimagenet(path: Path, device: torch.device) -> Dataset:
     xte = _as_nchw(data["images_val"], path, "images_val")
     ytr = _as_labels(data["labels_train"], xtr.shape[0], path, "labels_train")
     yte = _as_labels(data["labels_val"], xte.shape[0], path, "labels_val")
-    spec = _SPECS["tinyimagenet"]
     names = data.get("classes")
-    return _build("tinyimagenet", xtr, ytr, xte, yte, spec.mean, spec.std, names, device, str(path),
-                  num_classes=spec.info.num_classes)
+    return _build(info.name, xtr, ytr, xte, yte, info.mean, info.std, names, device, str(path),
+                  num_classes=info.num_classes)
 
 
 # -- bundled digits ---------------------------------------------------------------------------
@@ -698,3 +842,12 @@ def load_digits_dataset(*, device: torch.device | str = "cpu") -> Dataset:
     std = [float(xtr.std())]
     return _build("digits", xtr, ytr, xte, yte, mean, std, [str(i) for i in range(10)],
                   torch.device(device), "sklearn.datasets.load_digits", num_classes=10)
+
+
+# digits: 1257 training images after the stratified 70/30 split; the smallest class (8) has 122
+# (checked by tests/test_data.py). mean/std are computed from the training split at load time.
+@register_dataset("digits", display="Digits", channel=1, im_size=(DIGITS_SIZE, DIGITS_SIZE), num_classes=10,
+                  min_train_per_class=122, flip_preserves_label=False, order=6)
+def _load_digits(info: DatasetInfo, root: Path, device: torch.device, download: bool) -> Dataset:
+    """scikit-learn's bundled digits (no files, no download); see :func:`load_digits_dataset`."""
+    return load_digits_dataset(device=device)

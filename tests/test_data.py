@@ -12,15 +12,19 @@ import torch
 
 from benchmarks import data as bdata
 from benchmarks.data import (
+    DATASETS,
     DataError,
     SYSTEM_FASHION_MNIST,
     check_available,
     dataset_info,
     dataset_names,
     load_dataset,
+    normalised_dataset,
     read_idx,
+    register_dataset,
     save_tensor_dataset,
 )
+from methods.augment import default_dsa_strategy
 
 
 def _write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -66,6 +70,71 @@ def test_dataset_info_static_metadata():
     assert dataset_info("tinyimagenet").im_size == (64, 64)
     fm = dataset_info("fashionmnist")
     assert (fm.channel, fm.im_size, fm.num_classes, fm.min_train_per_class) == (1, (28, 28), 10, 6000)
+
+
+def test_every_builtin_dataset_has_its_display_name_and_statistics():
+    expected = {
+        "mnist": "MNIST", "fashionmnist": "FashionMNIST", "svhn": "SVHN", "cifar10": "CIFAR10",
+        "cifar100": "CIFAR100", "tinyimagenet": "TinyImageNet", "digits": "Digits",
+    }
+    assert {n: dataset_info(n.upper()).display for n in expected} == expected
+    assert dataset_names()[:7] == ["mnist", "fashionmnist", "svhn", "cifar10", "cifar100", "tinyimagenet", "digits"]
+    assert dataset_info("cifar100").mean == (0.5071, 0.4866, 0.4409)  # DC's, not CIFAR10's
+    assert dataset_info("svhn").to_dict()["im_size"] == [32, 32]
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashionmnist", "svhn", "cifar10", "cifar100", "tinyimagenet", "digits"])
+def test_flip_flag_agrees_with_the_dsa_default_strategy(name):
+    assert dataset_info(name).flip_preserves_label == ("flip" in default_dsa_strategy(name))
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+
+def _tiny_checker(info, root, download):
+    return None if (root / "tiny.ok").is_file() else f"{info.display} needs {root / 'tiny.ok'}"
+
+
+@register_dataset("testonlytiny", display="TestOnlyTiny", channel=2, im_size=(4, 4), num_classes=3,
+                  min_train_per_class=2, mean=(0.5, 0.25), std=(0.5, 0.125), check=_tiny_checker)
+def _load_tiny(info, root, device, download):
+    xtr = torch.full((6, 2, 4, 4), 0.75)
+    ytr = torch.tensor([0, 0, 1, 1, 2, 2])
+    return normalised_dataset(info, xtr, ytr, xtr[:3], ytr[:3], device=device, source=str(root))
+
+
+def test_a_registered_dataset_loads_by_any_spelling_through_its_checker(tmp_path):
+    assert "testonlytiny" in dataset_names()
+    assert dataset_info("TestOnly_Tiny").display == "TestOnlyTiny"
+    with pytest.raises(DataError, match="TestOnlyTiny needs"):
+        load_dataset("testonlytiny", data_root=tmp_path)
+    (tmp_path / "tiny.ok").write_text("")
+    ds = load_dataset("TESTONLYTINY", data_root=tmp_path)
+    assert ds.name == "testonlytiny" and ds.num_classes == 3 and ds.source == str(tmp_path)
+    assert torch.allclose(ds.train.images[:, 0], torch.full((6, 4, 4), 0.5))  # (0.75-0.5)/0.5
+    assert torch.allclose(ds.train.images[:, 1], torch.full((6, 4, 4), 4.0))  # (0.75-0.25)/0.125
+
+
+def test_registering_a_taken_or_bad_dataset_name_is_rejected():
+    def loader(info, root, device, download):
+        raise AssertionError("never called")
+
+    kw = dict(display="X", channel=1, im_size=(8, 8), num_classes=2, min_train_per_class=1)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_dataset("CIFAR10", **kw)(loader)
+    with pytest.raises(ValueError, match="letters and digits"):
+        register_dataset("my-data", **kw)(loader)
+    with pytest.raises(ValueError, match="mean and std"):
+        register_dataset("badstats", mean=(0.5, 0.5), std=(0.5, 0.5), **kw)(loader)
+    assert "badstats" not in DATASETS and dataset_info("cifar10").display == "CIFAR10"
+
+
+def test_unknown_dataset_message_is_one_line_listing_every_name():
+    with pytest.raises(DataError) as err:
+        dataset_info("ImageNet")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("unknown dataset 'ImageNet'; valid datasets: ")
+    assert all(n in text for n in dataset_names())
 
 
 # -- missing data ----------------------------------------------------------------------------
