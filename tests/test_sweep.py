@@ -129,6 +129,11 @@ def test_shipped_sweeps_validate(tmp_path):
     paper = load_sweep("paper_main", output=tmp_path / "p", check_data=False)
     assert {c.dataset for c in paper.cells} == {"mnist", "fashionmnist", "svhn", "cifar10", "cifar100"}
     assert {c.ipc for c in paper.cells} == {1, 10, 50, None}
+    # the papers average 5 synthetic sets x 20 networks: one cell per seed, 5 seeds
+    assert {c.seed for c in paper.cells} == {0, 1, 2, 3, 4} and {c.num_eval for c in paper.cells} == {20}
+    assert len(paper.cells) == (5 * 3 * 8 + 5) * 5
+    for name in ("cross_arch", "cafe_ablation"):
+        assert {c.seed for c in load_sweep(name, output=tmp_path / name, check_data=False).cells} == {0, 1, 2, 3, 4}
     ablation = load_sweep("cafe_ablation", output=tmp_path / "a", check_data=False)
     labels = {c.label: c for c in ablation.cells}
     assert labels["w/o discrimination"].overrides["discrimination_weight"] == 0.0
