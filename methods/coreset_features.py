@@ -1,10 +1,10 @@
 """Feature space of the herding and k-center coresets.
 
-The DC author's pseudocode for herding and k-center (reference notes §2.12; issues #15 and #21 of
-``VICO-UoE/DatasetCondensation``) runs greedily per class on feature vectors but does not say
-which features. We follow the standard choice (DeepCore, and the GCond maintainer's remark in
-§2.12): the *embedding* (input of the final linear layer) of a network trained on the **full**
-training set, compared with the Euclidean distance. ``feature_space='pixels'`` uses the
+The DC author's pseudocode for herding and k-center (docs/reference.md §8; issues #15 and #21
+of ``VICO-UoE/DatasetCondensation``) runs greedily per class on feature vectors but does not say
+which features. We follow the standard choice (DeepCore, Guo et al., DEXA 2022; and the GCond
+maintainer's remark cited in docs/reference.md §8): the *embedding* (input of the final linear
+layer) of a network trained on the **full** training set, compared with the Euclidean distance. ``feature_space='pixels'`` uses the
 flattened normalised images instead (no training; an ablation, and handy in tests).
 
 Feature-network budget (the defaults of :class:`CoresetFeatureConfig`)
@@ -13,12 +13,10 @@ The reference ConvNet (``get_network('ConvNet', ...)``: width 128, depth 3, inst
 pooling) trained for **20 epochs** on the full training set with the evaluation protocol's
 optimiser: SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, lr x0.1 after half the
 epochs (at epoch ``E // 2``, with the optimiser re-created as in ``evaluate_synset``), no
-augmentation. Why 20: with the full set one epoch is ~200 SGD steps on CIFAR10 and the ConvNet
-is close to its plateau after ~20 epochs at this lr; the embedding only has to be
-class-discriminative, not squeeze out the last percent of accuracy. On the bundled digits
-(1257 train images) 20 epochs reach ~98 % test accuracy in ~17 s on a 2-core CPU; on CIFAR10 it
-is ~20 x 4 min on that CPU and about a minute on a GPU. DeepCore pre-trains a ResNet18 for 200
-epochs; that is 10x the cost for an embedding whose only use is ranking distances, so we
+augmentation. Why 20: on the full training set every epoch is many SGD steps, and the embedding
+only has to be class-discriminative, not squeeze out the last percent of accuracy (the README's
+fidelity notes give the measured accuracy and time). DeepCore pre-trains a ResNet18 for 200
+epochs, ten times the cost for an embedding whose only use is ranking distances, so we
 deliberately use the smaller budget (raise ``feature_epochs`` to match DeepCore).
 ``feature_epochs=0`` gives the embedding of the seeded, untrained network (an ablation).
 
@@ -46,9 +44,9 @@ from methods.config import MethodConfig
 from methods.context import CostMeter, RunContext
 from methods.errors import MethodError
 from methods.realdata import ClassData
+from methods.networks import canonical_network_name, get_network
 from methods.rng import derive_seed, make_generator
 from methods.synset import SyntheticSet
-from methods.networks import canonical_network_name, get_network
 from methods.training import sgd, train_epoch
 
 EMBED_BATCH = 512

@@ -1,7 +1,7 @@
 """Herding coreset: per class, greedily keep the running mean of the chosen features closest to
-the class mean (Welling 2009; the iCaRL-style herding of the DC/DSA/DM/CAFE baselines).
+the class mean (Welling, ICML 2009; the iCaRL-style herding of the DC/DSA/DM/CAFE baselines).
 
-Implements the DC author's pseudocode (reference notes §2.12, issue #15 of
+Implements the DC author's pseudocode (docs/reference.md §8, issue #15 of
 ``VICO-UoE/DatasetCondensation``), per class on feature vectors F (n x d)::
 
     mu = mean(F)
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from methods.registry import register
 from methods.coreset_features import CoresetFeatureConfig, GreedyCoresetMethod, check_selection_size
+from methods.registry import register
 
 
 def herding_select(features: Tensor, k: int) -> Tensor:

@@ -1,6 +1,6 @@
-"""K-Center coreset: per class, greedy farthest-point selection (Sener & Savarese's k-center
-greedy), as in the DC author's pseudocode (reference notes §2.12, issue #21 of
-``VICO-UoE/DatasetCondensation``)::
+"""K-Center coreset: per class, greedy farthest-point selection (the k-center greedy of Sener &
+Savarese, ICLR 2018), as in the DC author's pseudocode (docs/reference.md §8,
+issue #21 of ``VICO-UoE/DatasetCondensation``)::
 
     first centre = the sample closest to the class mean
     repeat IPC-1 times: add the sample whose distance to its nearest centre is largest
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from methods.registry import register
 from methods.coreset_features import CoresetFeatureConfig, GreedyCoresetMethod, check_selection_size
+from methods.registry import register
 
 
 def kcenter_select(features: Tensor, k: int) -> Tensor:

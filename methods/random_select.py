@@ -1,7 +1,8 @@
 """Random coreset: ``ipc`` real training images per class, drawn uniformly without replacement.
 
-Reference: the ``random`` baseline of the DC/DSA/DM papers (``get_images(c, ipc)`` per class,
-§2.11 of the reference notes). The draw comes from ``make_generator(seed)``.
+Reference: the ``random`` baseline of the DC/DSA/DM papers (Zhao et al., ICLR 2021, §4;
+``get_images(c, ipc)`` per class, docs/reference.md §8). The draw comes from
+``make_generator(seed)``.
 """
 
 from __future__ import annotations

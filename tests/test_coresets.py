@@ -7,8 +7,8 @@ import torch
 
 import methods.coreset_features as cf
 from methods import RunContext, SyntheticSet, get_method
-from methods.errors import MethodError
 from methods.coreset_features import embeddings, feature_cache_key
+from methods.errors import MethodError
 from methods.herding import HerdingConfig, herding_select
 from methods.kcenter import kcenter_select
 from methods.networks import get_network
