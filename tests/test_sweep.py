@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -11,7 +13,8 @@ import yaml
 
 from benchmarks import executors, launcher, slurm_client, sweep_cli, worker
 from benchmarks import store as store_module
-from benchmarks.profile import ClusterProfile
+from benchmarks import UserError
+from benchmarks.profile import ClusterProfile, IpcScaling, ProfileError, load_profile, resolve_profile_path
 from benchmarks.run_options import RunOptions
 from benchmarks.store import Store, atomic_write_json
 from benchmarks.sweep import SpecError, build_sweep, cell_id, load_sweep, SWEEP_DIR
@@ -470,3 +473,155 @@ def test_debug_run_records_a_failing_cell_and_finishes_the_others(tmp_path):
     assert by_id[sw.cells[1].cell_id].status == "done"
     failure = store.read_failure(bad)
     assert "Traceback" in failure["traceback"]
+
+
+# -- executors, run options and cluster profiles -------------------------------------------------
+
+
+def test_executors_are_looked_up_by_name_and_an_unknown_one_is_a_one_line_error(tmp_path):
+    store = Store(tmp_path / "s")
+    assert executors.executor_names() == ["debug", "local", "slurm"]
+    kinds = {name: type(executors.executor_for(name, store)) for name in executors.executor_names()}
+    assert kinds == {"debug": executors.DebugExecutor, "local": executors.LocalExecutor,
+                     "slurm": executors.SlurmExecutor}
+    assert all(issubclass(k, executors.Executor) and k.name == n for n, k in kinds.items())
+    for make in (lambda: executors.executor_for("slrum", store), lambda: RunOptions(executor="slrum")):
+        with pytest.raises(UserError) as err:
+            make()
+        assert str(err.value) == "unknown executor 'slrum'; valid executors: debug, local, slurm"
+    # the CLI offers exactly the registered executors
+    parser = argparse.ArgumentParser()
+    sweep_cli.register(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "quick", "--executor", "slrum"])
+
+
+def _run_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sweep_cli.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["run", "spec.yaml", *argv])
+
+
+def test_run_options_are_built_once_from_the_flags_and_the_spec(tmp_path):
+    sw = build_sweep(spec(tmp_path, profile="cpu", device="cpu", download=True, data_root=str(tmp_path / "d")))
+    args = _run_args("--executor", "local", "--parallel", "3", "--array-parallelism", "5", "--checkpoint-every",
+                     "4", "--progress", "--poll", "0.5", "--no-wait", "--force")
+    options = sweep_cli.run_options(args, sw)
+    assert options == RunOptions(executor="local", data_root=tmp_path / "d", device="cpu", download=True,
+                                 checkpoint_every=4, progress=True, parallel=3, array_parallelism=5,
+                                 timeout_min=60, force=True, wait=False, poll_s=0.5, profile=sw.profile)
+    assert sw.profile.name == "cpu" and options.timeout_min == sw.profile.timeout_min
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.parallel = 9  # type: ignore[misc]
+    defaults = sweep_cli.run_options(_run_args(), build_sweep(spec(tmp_path)))
+    assert (defaults.executor, defaults.parallel, defaults.array_parallelism, defaults.checkpoint_every,
+            defaults.progress, defaults.wait, defaults.force, defaults.profile) == ("slurm", 1, None, 10, False,
+                                                                                  True, False, None)
+    assert defaults.timeout_min == 24 * 60  # no profile: the local executor's default limit
+    # the job a cell runs gets the run's options, nothing relayed by hand
+    job = executors.make_job(Store(sw.output), sw.name, sw.cells[0], ["ConvNet"], options)
+    assert (job.data_root, job.device, job.download, job.checkpoint_every, job.progress) == (
+        str(tmp_path / "d"), "cpu", True, 4, True)
+    # the run's array parallelism replaces the profile's in the sbatch parameters
+    slurm = executors.SlurmExecutor(Store(sw.output), dataclasses.replace(options, executor="slurm"))
+    assert slurm.parameters(1, "x")["array_parallelism"] == 5
+    assert executors.SlurmExecutor(Store(sw.output), RunOptions(executor="slurm", profile=sw.profile)).parameters(
+        1, "x")["array_parallelism"] == sw.profile.array_parallelism
+
+
+def test_cmd_run_hands_the_launcher_one_options_object(tmp_path, monkeypatch):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(spec(tmp_path, device="cpu")))
+    seen = []
+
+    def fake_run_sweep(sweep, options, **kw):
+        seen.append(options)
+        return launcher.RunSummary()
+
+    monkeypatch.setattr(launcher, "run_sweep", fake_run_sweep)
+    assert sweep_cli.main(["run", str(f), "--executor", "debug", "--checkpoint-every", "7"]) == 0
+    (options,) = seen
+    assert isinstance(options, RunOptions) and options.executor == "debug" and options.checkpoint_every == 7
+    assert options.device == "cpu"
+
+
+@pytest.mark.parametrize("flag", ["--parallel", "--checkpoint-every", "--array-parallelism"])
+def test_bad_run_flags_are_a_one_line_error(tmp_path, capsys, flag):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(spec(tmp_path)))
+    assert sweep_cli.main(["run", str(f), "--executor", "debug", flag, "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {flag} must be >= 1, got 0"
+
+
+def test_cluster_profile_reports_every_problem_at_once(tmp_path):
+    bad = {"partition": 3, "gpus": 2, "gpus_per_node": -1, "cpus_per_task": 0, "mem_gb": 0, "timeout_min": "soon",
+           "array_parallelism": True, "setup": ["ok", 5], "additional_parameters": {1: "x"},
+           "scale_with_ipc": {"reference_ipc": -1, "time_exp": 1}}
+    with pytest.raises(ProfileError) as err:
+        ClusterProfile.from_mapping(bad)
+    problems = err.value.problems
+    expected = ["profile.partition: must be str or null", "profile.gpus: unknown profile key",
+                "profile.gpus_per_node: must be >= 0", "profile.cpus_per_task: must be >= 1",
+                "profile.mem_gb: must be > 0", "profile.timeout_min: must be int or null",
+                "profile.array_parallelism: must be int or null", "profile.setup: must be a list of shell",
+                "profile.additional_parameters: keys must be", "profile.scale_with_ipc.reference_ipc: must be a number",
+                "profile.scale_with_ipc.time_exp: unknown key"]
+    assert len(problems) == len(expected)
+    for fragment in expected:
+        assert sum(p.startswith(fragment) for p in problems) == 1, (fragment, problems)
+    assert all("\n" not in p for p in problems)
+    assert str(err.value).count("\n  - ") == len(expected)
+    # a file with the same problems: load_profile and a sweep report every one of them
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in bad.items() if k != "additional_parameters"}))
+    with pytest.raises(ProfileError) as err:
+        load_profile(str(path))
+    assert len(err.value.problems) == len(expected) - 1
+    with pytest.raises(SpecError) as err:
+        build_sweep(spec(tmp_path, profile=str(path), seeds=[-1]))
+    assert len(err.value.problems) == len(expected) and "seeds[0]: must be a non-negative integer, got -1" in \
+        err.value.problems
+
+
+def test_cluster_profile_fields_and_defaults(tmp_path):
+    gpu = load_profile("gpu")
+    assert (gpu.name, gpu.partition, gpu.gpus_per_node, gpu.cpus_per_task, gpu.mem_gb, gpu.timeout_min,
+            gpu.array_parallelism) == ("gpu", "gpu", 1, 8, 32.0, 240, 32)
+    assert gpu.scale_with_ipc == IpcScaling(reference_ipc=10, time_exponent=1.0, mem_exponent=0.0,
+                                            max_timeout_min=2880, max_mem_gb=128)
+    assert gpu.path == resolve_profile_path("gpu").resolve() and gpu.path.name == "gpu.yaml"
+    assert gpu.resources(50) == (1200, 32.0) and gpu.resources(None) == (2880, 32.0)
+    cpu = load_profile("cpu")
+    assert cpu.gpus_per_node == 0 and "gpus_per_node" not in cpu.sbatch_parameters(1, job_name="x")
+    # null or missing keys mean the defaults; the profile is frozen
+    nulls = ClusterProfile.from_mapping({"partition": None, "timeout_min": None, "scale_with_ipc": None})
+    assert nulls == ClusterProfile()
+    assert nulls.resources(100) == (60, 8.0)  # no reference IPC: nothing scales
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        gpu.mem_gb = 1  # type: ignore[misc]
+
+
+def test_a_job_slurm_does_not_know_yet_counts_as_active_only_for_the_grace_period(tmp_path, monkeypatch):
+    import datetime as dt
+
+    store = Store(tmp_path / "s")
+    slurm = executors.executor_for("slurm", store)
+    monkeypatch.setattr(slurm_client, "slurm_states", lambda ids: {})  # neither squeue nor sacct knows it
+    now = dt.datetime.now(dt.timezone.utc)
+    fresh = {"executor": "slurm", "job_id": "9_0", "submitted": now.isoformat()}
+    old = {**fresh, "submitted": (now - dt.timedelta(seconds=executors.UNKNOWN_GRACE_S + 5)).isoformat()}
+    assert slurm.is_active(fresh) == (True, "UNKNOWN")
+    assert slurm.is_active(old) == (False, "UNKNOWN")
+    assert launcher.is_active(store, fresh) == (True, "UNKNOWN")
+    assert launcher.is_active(store, {**fresh, "state": "CANCELLED_BY_USER"}) == (False, "NONE")
+    assert slurm.is_active(old, states={"9_0": "PENDING"}) == (True, "PENDING")  # prefetched answer wins
+
+
+def test_local_executor_runs_at_most_parallel_cells_of_its_own(tmp_path):
+    local = executors.LocalExecutor(Store(tmp_path / "s"), RunOptions(executor="local", parallel=2))
+    cell = build_sweep(spec(tmp_path, methods=["random"], ipcs=[1], seeds=[0])).cells[0]
+    mine = executors.Submitted(cell, "local", "1", ["ConvNet"])
+    theirs = executors.Submitted(cell, "slurm", "2_0", ["ConvNet"], reattached=True)
+    assert local.capacity([]) == 2 and local.capacity([mine]) == 1 and local.capacity([mine, mine]) == 0
+    assert local.capacity([theirs, theirs, mine]) == 1  # re-attached jobs do not count
