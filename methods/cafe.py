@@ -93,102 +93,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.augment import default_dsa_strategy
-from methods.base import Method
+from methods.augment import DSA
 from methods.config import MethodConfig
-from methods.context import CostMeter, RunContext
 from methods.errors import MethodError
-from methods.realdata import ClassData
+from methods.loop import LoopRun, Synthesis
+from methods.networks import get_network, has_batchnorm, network_skeleton
 from methods.registry import register, register_variant
-from methods.rng import derive_seed, make_generator
-from methods.synset import SyntheticSet
-from methods.networks import canonical_network_name, get_network, has_batchnorm
+from methods.rng import derive_seed
+from methods.synthesis import (
+    LearnedMethod,
+    augment_per_class,
+    check_dsa_strategy,
+    chunk_images,
+    classes_per_chunk,
+    dsa_for,
+    get_loops,
+    init_synthetic,
+    real_batch,
+    sync,
+)
 from methods.training import sgd, train_epoch
-
-REAL_CHUNK_IMAGES = 4096
-"""Largest real batch forwarded at once (without autograd) on CUDA, for networks without
-batch norm. Whole classes are grouped up to this many images; results equal one pass over all
-classes because every layer of such networks acts per sample. Bounds memory for many classes
-(CIFAR100 at 256 per class is 25,600 images)."""
-
-CPU_REAL_CHUNK_IMAGES = 512
-"""The same bound on other devices. Measured on the 2-core CPU (ConvNet-128, 10 x 256 real
-CIFAR-sized images, IPC 1): chunks of 512 take the same time per image step as one pass of
-2,560 (within the +-10% noise) and cut the peak RSS from 3.6 GiB to 2.0 GiB."""
-
-DC_LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
-"""DC's ``get_loops`` table: IPC -> (outer_loop, inner_loop)."""
 
 LayerWeightSpec = Union[tuple[tuple[Union[str, int], float], ...], dict[Union[str, int], float]]
 
 
-# --------------------------------------------------------------------------------------------
-# Helpers shared with DM
-# --------------------------------------------------------------------------------------------
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued kernels (accurate timings on CUDA; no-op elsewhere)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def dc_loops(ipc: int) -> tuple[int, int]:
-    """DC's (outer_loop, inner_loop) for ``ipc``; IPCs off the table use the largest entry <= ipc."""
-    key = max(k for k in DC_LOOPS if k <= ipc) if ipc >= 1 else 1
-    return DC_LOOPS[key]
-
-
-def init_synthetic(
-    real: ClassData, ipc: int, init: str, generator: torch.Generator, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """Class-major synthetic images (noise N(0,1) in normalised space, or random real images)
-    and their hard labels ``[0]*ipc + [1]*ipc + ...``."""
-    c, (h, w) = real.num_classes, real.im_size
-    if init == "noise":
-        images = torch.randn(c * ipc, real.channel, h, w, generator=generator)
-    else:
-        idx = torch.cat([real.sample_indices(k, ipc, generator) for k in range(c)])
-        images = real.images[idx].detach().cpu()
-    labels = torch.arange(c).repeat_interleave(ipc)
-    return images.to(device).clone().requires_grad_(True), labels.to(device)
-
-
-def real_batch(real: ClassData, per_class: int, generator: torch.Generator, device: torch.device) -> Tensor:
-    """Class-major real batch with exactly ``per_class`` images of every class."""
-    idx = torch.cat([real.sample_indices(c, per_class, generator) for c in range(real.num_classes)])
-    return real.images[idx].to(device)
-
-
-def augment_per_class(dsa: Any, real_x: Tensor, syn_x: Tensor, num_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """One siamese DSA draw per class, shared by that class's real and synthetic images (§1.7)."""
-    n, m = real_x.shape[0] // num_classes, syn_x.shape[0] // num_classes
-    reals, syns = [], []
-    for c in range(num_classes):
-        r, s = dsa.siamese([real_x[c * n : (c + 1) * n], syn_x[c * m : (c + 1) * m]], generator)
-        reals.append(r.detach())
-        syns.append(s)
-    return torch.cat(reals), torch.cat(syns)
-
-
-def chunk_images(net: nn.Module) -> int:
-    """Images per no-grad forward for ``net``'s device (:data:`REAL_CHUNK_IMAGES` on CUDA,
-    :data:`CPU_REAL_CHUNK_IMAGES` elsewhere)."""
-    param = next(net.parameters(), None)
-    on_cuda = param is not None and param.device.type == "cuda"
-    return REAL_CHUNK_IMAGES if on_cuda else CPU_REAL_CHUNK_IMAGES
-
-
-def classes_per_chunk(net: nn.Module, num_classes: int, per_class: int) -> int:
-    """How many whole classes one no-grad real forward may hold (all of them with batch norm)."""
-    if has_batchnorm(net):
-        return num_classes
-    return max(1, min(num_classes, chunk_images(net) // max(1, per_class)))
-
-
 def feature_names_of(model: str, channel: int = 3, im_size: tuple[int, int] = (32, 32)) -> list[str]:
     """``feature_names`` of architecture ``model`` (built on the meta device: no compute)."""
-    net = _meta_network(model, channel, im_size)
+    net = network_skeleton(model, channel, 10, im_size)
     names = getattr(net, "feature_names", None)
     if names is None or not hasattr(net, "feature_maps"):
         raise MethodError(
@@ -196,14 +127,6 @@ def feature_names_of(model: str, channel: int = 3, im_size: tuple[int, int] = (3
             "use a ConvNet variant (ConvNet, ConvNetD1..D4, ConvNetW*, ConvNetBN, ...)"
         )
     return list(names)
-
-
-def _meta_network(model: str, channel: int, im_size: tuple[int, int]) -> nn.Module:
-    from methods import networks
-
-    key = canonical_network_name(model)
-    with torch.device("meta"):
-        return networks._NETWORKS[key](channel, 10, tuple(im_size))  # noqa: SLF001 (no compute)
 
 
 def default_layer_weights(feature_names: Sequence[str]) -> list[tuple[str, float]]:
@@ -339,18 +262,7 @@ class CAFEConfig(MethodConfig):
                 "discrimination_weight), so the images would never change"
             )
         if self.dsa and self.dsa_strategy is not None:
-            _check_dsa_strategy(self.dsa_strategy)
-
-
-def _check_dsa_strategy(strategy: str) -> None:
-    from methods.augment import DSA
-
-    try:
-        DSA(strategy)
-    except MethodError:
-        raise
-    except (ValueError, KeyError) as exc:
-        raise MethodError(f"invalid dsa_strategy {strategy!r}: {exc}") from None
+            check_dsa_strategy(self.dsa_strategy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,12 +403,26 @@ def _aligned_layer_count(spec: Any) -> int:
     return sum(1 for w in weights if _number(w) > 0)
 
 
+@dataclass(kw_only=True)
+class CAFERun(Synthesis):
+    """One CAFE run's resolved values: the aligned layers and weights, real images per class,
+    the fixed loop counts (``dynamic_bilevel=False``) and the DSA module (or None)."""
+
+    feature_names: list[str]
+    layer_weights: list[tuple[int, float]]
+    per_class: int
+    outer_loop: int
+    inner_loop: int
+    dsa: Optional[DSA]
+
+
 @register("cafe", display="CAFE", family="feature_alignment", order=300, description="CAFE: layer-wise feature alignment + discrimination loss, dynamic bi-level loops")
-class CAFE(Method):
+class CAFE(LearnedMethod):
     """CAFE (Wang et al., CVPR 2022); see the module docstring for fidelity notes."""
 
     config_class = CAFEConfig
     eval_epochs_no_aug = 600  # CAFE's code: 600 epochs without augmentation, 1000 with DSA
+    generator_names = ("init", "net", "data", "aug", "train")
 
     @classmethod
     def components(cls, config: Mapping[str, Any]) -> dict[str, bool]:
@@ -517,170 +443,144 @@ class CAFE(Method):
             "DSA": bool(cfg["dsa"]),
         }
 
-    def condense(
-        self, real: ClassData, ipc: int, *, seed: int, context: Optional[RunContext] = None
-    ) -> SyntheticSet:
+    def lr_milestones(self) -> Sequence[float]:
+        return tuple(self.config.lr_milestones)
+
+    def start(self, run: LoopRun) -> CAFERun:
         cfg: CAFEConfig = self.config
-        real.validate_ipc(ipc)
-        context = context or RunContext(device=real.device)
-        device = context.device
-        meter = CostMeter(device)
-        total = int(context.iterations if context.iterations is not None else cfg.iterations)
-        if total < 1:
-            raise MethodError(f"CAFE needs at least 1 iteration, got {total}")
-        C = real.num_classes
+        real = run.real
         names = feature_names_of(cfg.model, real.channel, real.im_size)
-        layer_weights = resolve_layer_weights(cfg.layer_weights, names)
-        per_class = min(cfg.batch_real, min(real.class_counts()))
-        milestones = [int(round(f * total)) for f in cfg.lr_milestones]
         if cfg.dynamic_bilevel:
             outer_loop = inner_loop = 0
         else:
-            table = dc_loops(ipc)
+            table = get_loops(run.ipc)
             outer_loop = cfg.outer_loop or table[0]
             inner_loop = cfg.inner_loop or table[1]
-
-        dsa = train_aug = None
-        strategy = None
-        if cfg.dsa:
-            from methods.augment import DSA
-
-            strategy = cfg.dsa_strategy or default_dsa_strategy(real.name)
-            dsa = DSA(strategy)
-            train_aug = dsa
-
-        root = make_generator(seed)
-        gens = {k: make_generator(derive_seed(root)) for k in ("init", "net", "data", "aug", "train")}
-        images, labels = init_synthetic(real, ipc, cfg.init, gens["init"], device)
-        opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img)
-        counters = dict(
-            image_steps=0, inner_epochs=0, inner_loops=0, cap_fired_outer=0, cap_fired_inner=0,
-            image_step_s=0.0, inner_epoch_s=0.0, probe_s=0.0, probes=0, elapsed_s=0.0,
+        images, labels = init_synthetic(real, run.ipc, cfg.init, run.generators["init"], run.device)
+        return CAFERun(
+            images=images, labels=labels,
+            optimizer=torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img),
+            counters=dict(
+                image_steps=0, inner_epochs=0, inner_loops=0, cap_fired_outer=0, cap_fired_inner=0,
+                image_step_s=0.0, inner_epoch_s=0.0, probe_s=0.0, probes=0, elapsed_s=0.0,
+            ),
+            feature_names=names, layer_weights=resolve_layer_weights(cfg.layer_weights, names),
+            per_class=min(cfg.batch_real, min(real.class_counts())),
+            outer_loop=outer_loop, inner_loop=inner_loop, dsa=dsa_for(real, cfg.dsa, cfg.dsa_strategy),
         )
-        loop = self._loop_state(images, opt_img, gens, counters, seed=seed, ipc=ipc)
-        start_it = loop.restore(context.resume_state())
 
-        def probe(net: nn.Module, carried: float) -> float:
-            t0 = time.perf_counter()
-            px, py = real.sample_per_class(cfg.probe_per_class, gens["data"])
-            accs = probe_class_accuracy(net, px.to(device), py.to(device), C)
-            total_acc = float(accs.sum())
-            counters["probe_s"] += time.perf_counter() - t0
-            counters["probes"] += 1
-            return (carried + total_acc) / C if cfg.probe_carryover else total_acc / C
-
-        def image_step(net: nn.Module) -> float:
-            t0 = time.perf_counter()
-            rx = real_batch(real, per_class, gens["data"], device)
-            sx = images
-            if dsa is not None:
-                rx, sx = augment_per_class(dsa, rx, images, C, gens["aug"])
-            loss = cafe_loss(
-                net, rx, sx, C, layer_weights=layer_weights,
-                embedding_weight=cfg.embedding_weight, discrimination_weight=cfg.discrimination_weight,
-            )
-            (grad,) = torch.autograd.grad(loss, images)
-            images.grad = grad
-            opt_img.step()
-            images.grad = None
-            sync(device)
-            counters["image_step_s"] += time.perf_counter() - t0
-            counters["image_steps"] += 1
-            return float(loss.detach())
-
-        def inner_epoch(net: nn.Module, opt_net: torch.optim.Optimizer, syn: Tensor) -> None:
-            t0 = time.perf_counter()
-            train_epoch(net, syn, labels, opt_net, batch_size=cfg.batch_train, generator=gens["train"], augment=train_aug)
-            sync(device)
-            counters["inner_epoch_s"] += time.perf_counter() - t0
-            counters["inner_epochs"] += 1
-
-        def one_iteration() -> float:
-            net = get_network(cfg.model, real.channel, C, real.im_size, seed=derive_seed(gens["net"]), device=device)
-            net.train()
-            opt_net = sgd(net.parameters(), cfg.lr_net)
-            losses = []
-            if not cfg.dynamic_bilevel:
-                for ol in range(outer_loop):
-                    losses.append(image_step(net))
-                    if ol == outer_loop - 1:
-                        break
-                    syn = images.detach().clone()
-                    for _ in range(inner_loop):
-                        inner_epoch(net, opt_net, syn)
-                    counters["inner_loops"] += 1
-                return sum(losses) / len(losses)
-            window, acc = Window(cfg.window), 0.0
-            steps = 0
-            while True:
-                losses.append(image_step(net))
-                steps += 1
-                acc = probe(net, acc)
-                spread = window.push(acc)
-                if spread is not None:
-                    if spread < cfg.lambda_outer:
-                        break
-                    window.pop()
-                if cfg.max_loop_steps is not None and steps >= cfg.max_loop_steps:
-                    counters["cap_fired_outer"] += 1
-                    break
-                syn = images.detach().clone()
-                inner_window, inner_acc, epochs = Window(cfg.window), 0.0, 0
-                while True:
-                    inner_epoch(net, opt_net, syn)
-                    epochs += 1
-                    inner_acc = probe(net, inner_acc)
-                    spread = inner_window.push(inner_acc)
-                    if spread is not None:
-                        if spread > cfg.lambda_inner:
-                            break
-                        inner_window.pop()
-                    if cfg.max_loop_steps is not None and epochs >= cfg.max_loop_steps:
-                        counters["cap_fired_inner"] += 1
-                        break
-                counters["inner_loops"] += 1
-            return sum(losses) / len(losses)
-
-
-        from tqdm.auto import tqdm
-
-        log_every = max(1, total // 20)
-        bar = tqdm(range(start_it, total), total=total, initial=start_it, desc=f"{self.name} ipc{ipc}", disable=not context.progress)
-        for it in bar:
-            lr = cfg.lr_img * 0.5 ** sum(1 for m in milestones if it >= m)
-            for group in opt_img.param_groups:
-                group["lr"] = lr
-            steps_before = counters["image_steps"]
-            loss = one_iteration()
-            bar.set_postfix(loss=f"{loss:.4g}", steps=counters["image_steps"] - steps_before)
-            if it % log_every == 0 or it == total - 1:
-                context.log(
-                    f"{self.name} it {it}/{total} loss {loss:.4g} lr {lr:g} image steps {counters['image_steps']} "
-                    f"inner epochs {counters['inner_epochs']} caps {counters['cap_fired_outer']}/{counters['cap_fired_inner']}"
-                )
-            context.iteration_done(it, loop.snapshot(it + 1))
-        bar.close()
-
-        iterations_done = total
-        steps = max(1, counters["image_steps"])
-        cost = meter.figures(
-            iterations=iterations_done,
-            image_steps=counters["image_steps"],
-            inner_epochs=counters["inner_epochs"],
-            inner_loops=counters["inner_loops"],
-            mean_image_steps_per_iteration=counters["image_steps"] / iterations_done,
-            mean_inner_epochs_per_iteration=counters["inner_epochs"] / iterations_done,
-            cap_fired_outer=counters["cap_fired_outer"],
-            cap_fired_inner=counters["cap_fired_inner"],
-            seconds_per_image_step=counters["image_step_s"] / steps,
-            seconds_per_inner_epoch=counters["inner_epoch_s"] / max(1, counters["inner_epochs"]),
-            probe_seconds=counters["probe_s"],
-        )
-        cost["wall_time_s"] += loop.elapsed_before
-        extra = {"dsa_strategy": strategy, "layer_weights": [[names[i], w] for i, w in layer_weights]}
+    def step(self, run: LoopRun, syn: CAFERun, iteration: int) -> float:
+        """One outer iteration: a fresh network, then the dynamic (or fixed) bi-level loops."""
+        cfg: CAFEConfig = self.config
+        real = run.real
+        net = get_network(cfg.model, real.channel, real.num_classes, real.im_size,
+                          seed=derive_seed(run.generators["net"]), device=run.device)
+        net.train()
+        opt_net = sgd(net.parameters(), cfg.lr_net)
+        losses = []
         if not cfg.dynamic_bilevel:
-            extra.update(outer_loop=outer_loop, inner_loop=inner_loop)
-        return self._synset(real, ipc, seed, images.detach(), labels, cost, extra=extra)
+            for ol in range(syn.outer_loop):
+                losses.append(self._image_step(run, syn, net))
+                if ol == syn.outer_loop - 1:
+                    break
+                images = syn.images.detach().clone()
+                for _ in range(syn.inner_loop):
+                    self._inner_epoch(run, syn, net, opt_net, images)
+                syn.counters["inner_loops"] += 1
+            return sum(losses) / len(losses)
+        window, acc, steps = Window(cfg.window), 0.0, 0
+        while True:
+            losses.append(self._image_step(run, syn, net))
+            steps += 1
+            acc = self._probe(run, syn, net, acc)
+            spread = window.push(acc)
+            if spread is not None:
+                if spread < cfg.lambda_outer:
+                    break
+                window.pop()
+            if cfg.max_loop_steps is not None and steps >= cfg.max_loop_steps:
+                syn.counters["cap_fired_outer"] += 1
+                break
+            images = syn.images.detach().clone()
+            inner_window, inner_acc, epochs = Window(cfg.window), 0.0, 0
+            while True:
+                self._inner_epoch(run, syn, net, opt_net, images)
+                epochs += 1
+                inner_acc = self._probe(run, syn, net, inner_acc)
+                spread = inner_window.push(inner_acc)
+                if spread is not None:
+                    if spread > cfg.lambda_inner:
+                        break
+                    inner_window.pop()
+                if cfg.max_loop_steps is not None and epochs >= cfg.max_loop_steps:
+                    syn.counters["cap_fired_inner"] += 1
+                    break
+            syn.counters["inner_loops"] += 1
+        return sum(losses) / len(losses)
+
+    def _probe(self, run: LoopRun, syn: CAFERun, net: nn.Module, carried: float) -> float:
+        cfg: CAFEConfig = self.config
+        t0 = time.perf_counter()
+        px, py = run.real.sample_per_class(cfg.probe_per_class, run.generators["data"])
+        accs = probe_class_accuracy(net, px.to(run.device), py.to(run.device), run.num_classes)
+        total_acc = float(accs.sum())
+        syn.counters["probe_s"] += time.perf_counter() - t0
+        syn.counters["probes"] += 1
+        return (carried + total_acc) / run.num_classes if cfg.probe_carryover else total_acc / run.num_classes
+
+    def _image_step(self, run: LoopRun, syn: CAFERun, net: nn.Module) -> float:
+        cfg: CAFEConfig = self.config
+        t0 = time.perf_counter()
+        images, C = syn.images, run.num_classes
+        rx = real_batch(run.real, syn.per_class, run.generators["data"], run.device)
+        sx = images
+        if syn.dsa is not None:
+            rx, sx = augment_per_class(syn.dsa, rx, images, C, run.generators["aug"])
+        loss = cafe_loss(
+            net, rx, sx, C, layer_weights=syn.layer_weights,
+            embedding_weight=cfg.embedding_weight, discrimination_weight=cfg.discrimination_weight,
+        )
+        (grad,) = torch.autograd.grad(loss, images)
+        images.grad = grad
+        syn.optimizer.step()
+        images.grad = None
+        sync(run.device)
+        syn.counters["image_step_s"] += time.perf_counter() - t0
+        syn.counters["image_steps"] += 1
+        return float(loss.detach())
+
+    def _inner_epoch(self, run: LoopRun, syn: CAFERun, net: nn.Module, opt_net: torch.optim.Optimizer,
+                     images: Tensor) -> None:
+        t0 = time.perf_counter()
+        train_epoch(net, images, syn.labels, opt_net, batch_size=self.config.batch_train,
+                    generator=run.generators["train"], augment=syn.dsa)
+        sync(run.device)
+        syn.counters["inner_epoch_s"] += time.perf_counter() - t0
+        syn.counters["inner_epochs"] += 1
+
+    def progress_note(self, run: LoopRun, syn: CAFERun) -> str:
+        c = syn.counters
+        return (f"image steps {c['image_steps']} inner epochs {c['inner_epochs']} "
+                f"caps {c['cap_fired_outer']}/{c['cap_fired_inner']}")
+
+    def cost_figures(self, run: LoopRun, syn: CAFERun) -> dict[str, float]:
+        c, n = syn.counters, run.iterations
+        return dict(
+            image_steps=c["image_steps"], inner_epochs=c["inner_epochs"], inner_loops=c["inner_loops"],
+            mean_image_steps_per_iteration=c["image_steps"] / n,
+            mean_inner_epochs_per_iteration=c["inner_epochs"] / n,
+            cap_fired_outer=c["cap_fired_outer"], cap_fired_inner=c["cap_fired_inner"],
+            seconds_per_image_step=c["image_step_s"] / max(1, c["image_steps"]),
+            seconds_per_inner_epoch=c["inner_epoch_s"] / max(1, c["inner_epochs"]),
+            probe_seconds=c["probe_s"],
+        )
+
+    def extra(self, run: LoopRun, syn: CAFERun) -> dict[str, Any]:
+        extra = {"dsa_strategy": None if syn.dsa is None else syn.dsa.strategy,
+                 "layer_weights": [[syn.feature_names[i], w] for i, w in syn.layer_weights]}
+        if not self.config.dynamic_bilevel:
+            extra.update(outer_loop=syn.outer_loop, inner_loop=syn.inner_loop)
+        return extra
 
 
 register_variant("cafe_dsa", "cafe", {"dsa": True}, display="CAFE+DSA", order=310,

@@ -56,48 +56,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Literal, Optional, Sequence
+from typing import Any, Iterable, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.augment import DSA, parse_strategy
-from methods.augment import default_dsa_strategy
-from methods.base import Method
+from methods.augment import DSA
 from methods.config import MethodConfig
-from methods.context import CostMeter, RunContext
 from methods.errors import MethodError
+from methods.loop import LoopRun, Synthesis
+from methods.networks import canonical_network_name, get_network, has_batchnorm
 from methods.realdata import ClassData
 from methods.registry import register, register_variant
-from methods.rng import derive_seed, make_generator
-from methods.synset import SyntheticSet
-from methods.networks import canonical_network_name, get_network, has_batchnorm
+from methods.rng import derive_seed
+from methods.synthesis import LearnedMethod, check_dsa_strategy, dsa_for, get_loops, init_synthetic, sync
 from methods.training import sgd, train_epoch
-
-LOOPS_BY_IPC: dict[int, tuple[int, int]] = {
-    1: (1, 1),
-    10: (10, 50),
-    20: (20, 25),
-    30: (30, 20),
-    40: (40, 15),
-    50: (50, 10),
-}
-"""The reference ``get_loops``: IPC -> (outer_loop, inner_loop)."""
 
 DISTANCES = ("layerwise", "mse", "cos")
 PATHS = ("auto", "per_class", "batched")
-LOG_EVERY = 10
 _EPS = 1e-6
-
-
-def get_loops(ipc: int) -> tuple[int, int]:
-    """(outer_loop, inner_loop) for ``ipc``: the reference table where it has an entry, else
-    the entry of the largest tabulated IPC below ``ipc`` (so IPC > 50 -> (50, 10))."""
-    if ipc < 1:
-        raise MethodError(f"IPC must be a positive integer, got {ipc}")
-    key = max(k for k in LOOPS_BY_IPC if k <= ipc)
-    return LOOPS_BY_IPC[key]
 
 
 def resolve_path(path: str, device: torch.device | str) -> str:
@@ -327,20 +305,36 @@ class DCConfig(MethodConfig):
                     "or drop dsa_strategy"
                 )
             try:
-                parse_strategy(self.dsa_strategy)
+                check_dsa_strategy(self.dsa_strategy)
             except MethodError as exc:
                 problems.append(str(exc))
         if problems:
             raise MethodError("invalid DC config: " + "; ".join(problems))
 
 
+@dataclass(kw_only=True)
+class DCRun(Synthesis):
+    """One DC/DSA run's resolved values: the loop counts, the matching path (``batched`` falls
+    back to ``per_class`` for LayerNorm networks) and the DSA module (or None)."""
+
+    outer_loop: int
+    inner_loop: int
+    path: str
+    dsa: Optional[DSA]
+
+
 @register("dc", display="DC", family="gradient_matching", order=100, description="DC: gradient matching (Zhao et al., ICLR 2021)")
-class DC(Method):
-    """Dataset condensation with gradient matching; ``dsa=True`` gives DSA (see module doc)."""
+class DC(LearnedMethod):
+    """Dataset condensation with gradient matching; ``dsa=True`` gives DSA (see module doc).
+    Runs in the shared loop (:mod:`methods.loop`) with one random stream, ``data``, from which
+    every draw comes in the reference's order."""
 
     config_class = DCConfig
     learned = True
     eval_epochs_no_aug = 300
+    generator_names = ("data",)
+    loss_label = "matching loss"
+    real_on_device = True
 
     def uses_dsa_in_eval(self) -> bool:
         return bool(self.config.dsa)
@@ -354,119 +348,86 @@ class DC(Method):
 
     def augmentation(self, real: ClassData) -> Optional[DSA]:
         """The DSA module used for matching and the inner loop (None without ``dsa``)."""
-        if not self.config.dsa:
-            return None
-        return DSA(self.config.dsa_strategy or default_dsa_strategy(real.name))
+        return dsa_for(real, self.config.dsa, self.config.dsa_strategy)
 
-    def condense(
-        self, real: ClassData, ipc: int, *, seed: int, context: Optional[RunContext] = None
-    ) -> SyntheticSet:
+    def start(self, run: LoopRun) -> DCRun:
         cfg: DCConfig = self.config
-        cfg.validate()
-        real.validate_ipc(ipc)
-        context = context or RunContext(device=real.device)
-        device = context.device
-        if real.device != device:
-            real = real.to(device)
-        outer_loop, inner_loop = self.loops(ipc)
-        iterations = context.iterations if context.iterations is not None else cfg.iterations
-        path = resolve_path(cfg.path, device)
-        aug = self.augmentation(real)
-        num_classes, channel, im_size = real.num_classes, real.channel, real.im_size
-        meter = CostMeter(device)
-        gen = make_generator(seed)
+        outer_loop, inner_loop = self.loops(run.ipc)
+        # initial synthetic set (class-major labels, as the reference), from the one stream
+        images, labels = init_synthetic(run.real, run.ipc, cfg.init, run.generators["data"], run.device,
+                                        dtype=torch.float32)
+        return DCRun(
+            images=images, labels=labels,
+            optimizer=torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img),
+            counters={"image_steps": 0, "inner_epochs": 0, "matching_time_s": 0.0, "inner_time_s": 0.0},
+            history=[], outer_loop=outer_loop, inner_loop=inner_loop,
+            path=resolve_path(cfg.path, run.device), dsa=self.augmentation(run.real),
+        )
 
-        # -- initial synthetic set (class-major labels, as the reference) ------------------
-        if cfg.init == "real":
-            init = torch.cat([real.sample(c, ipc, gen) for c in range(num_classes)]).detach().clone()
-        else:
-            init = torch.randn((num_classes * ipc, channel, *im_size), generator=gen)
-        image_syn = init.to(device=device, dtype=torch.float32).requires_grad_(True)
-        label_syn = torch.arange(num_classes, device=device).repeat_interleave(ipc)
-        opt_img = torch.optim.SGD([image_syn], lr=cfg.lr_img, momentum=cfg.momentum_img)
-
-        counters: dict[str, float] = {
-            "image_steps": 0, "inner_epochs": 0, "matching_time_s": 0.0, "inner_time_s": 0.0,
-        }
-        history: list[float] = []
-        loop = self._loop_state(image_syn, opt_img, {"data": gen}, counters, seed=seed, ipc=ipc, history=history)
-        start_it = loop.restore(context.resume_state())
+    def step(self, run: LoopRun, syn: DCRun, iteration: int) -> float:
+        cfg: DCConfig = self.config
+        real, gen, device, ipc = run.real, run.generators["data"], run.device, run.ipc
+        image_syn, counters = syn.images, syn.counters
+        num_classes = real.num_classes
 
         def class_batches() -> ClassBatches:
             for c in range(num_classes):
                 x_real = real.sample(c, cfg.batch_real, gen)
                 x_syn = image_syn[c * ipc : (c + 1) * ipc]
-                if aug is not None:
-                    x_real, x_syn = aug.siamese([x_real, x_syn], gen)
+                if syn.dsa is not None:
+                    x_real, x_syn = syn.dsa.siamese([x_real, x_syn], gen)
                 yield c, x_real, x_syn
 
-        def sync() -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+        net = get_network(cfg.model, real.channel, num_classes, real.im_size, seed=derive_seed(gen), device=device)
+        if syn.path == "batched" and not batched_supported(net):
+            syn.path = "per_class"
+            run.context.log(f"{self.name}: {cfg.model} has LayerNorm; using the per_class path")
+        net.train()
+        opt_net = sgd(net.parameters(), cfg.lr_net)
+        batchnorm = has_batchnorm(net)
+        loss_sum = torch.zeros((), device=device)
+        for ol in range(syn.outer_loop):
+            if batchnorm:
+                freeze_batchnorm(net, real, gen, cfg.bn_real_per_class)
+            t0 = time.perf_counter()
+            syn.optimizer.zero_grad(set_to_none=True)
+            loss_sum += match_step(net, class_batches(), distance=cfg.distance, path=syn.path, inputs=[image_syn])
+            syn.optimizer.step()
+            sync(device)
+            counters["matching_time_s"] += time.perf_counter() - t0
+            counters["image_steps"] += 1
+            if ol == syn.outer_loop - 1:
+                break  # the reference does not train the net after the last image step
+            t0 = time.perf_counter()
+            syn_train = image_syn.detach()
+            for _ in range(syn.inner_loop):
+                train_epoch(net, syn_train, syn.labels, opt_net, batch_size=cfg.batch_train,
+                            generator=gen, augment=syn.dsa)
+            sync(device)
+            counters["inner_time_s"] += time.perf_counter() - t0
+            counters["inner_epochs"] += syn.inner_loop
+        syn.history.append(float(loss_sum) / (num_classes * syn.outer_loop))
+        return syn.history[-1]
 
-        bar = range(start_it, iterations)
-        if context.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(bar, total=iterations, initial=start_it, desc=f"{self.name} ipc={ipc}", leave=False)
-        for it in bar:
-            net = get_network(cfg.model, channel, num_classes, im_size, seed=derive_seed(gen), device=device)
-            if path == "batched" and not batched_supported(net):
-                path = "per_class"
-                context.log(f"{self.name}: {cfg.model} has LayerNorm; using the per_class path")
-            net.train()
-            opt_net = sgd(net.parameters(), cfg.lr_net)
-            batchnorm = has_batchnorm(net)
-            loss_sum = torch.zeros((), device=device)
-            for ol in range(outer_loop):
-                if batchnorm:
-                    _freeze_batchnorm(net, real, gen, cfg.bn_real_per_class)
-                t0 = time.perf_counter()
-                opt_img.zero_grad(set_to_none=True)
-                loss_sum += match_step(net, class_batches(), distance=cfg.distance, path=path, inputs=[image_syn])
-                opt_img.step()
-                sync()
-                counters["matching_time_s"] += time.perf_counter() - t0
-                counters["image_steps"] += 1
-                if ol == outer_loop - 1:
-                    break  # the reference does not train the net after the last image step
-                t0 = time.perf_counter()
-                syn_train = image_syn.detach()
-                for _ in range(inner_loop):
-                    train_epoch(net, syn_train, label_syn, opt_net, batch_size=cfg.batch_train,
-                                generator=gen, augment=aug)
-                sync()
-                counters["inner_time_s"] += time.perf_counter() - t0
-                counters["inner_epochs"] += inner_loop
-            history.append(float(loss_sum) / (num_classes * outer_loop))
-            if it % LOG_EVERY == 0 or it == iterations - 1:
-                context.log(f"{self.name} ipc={ipc} iter {it:04d}/{iterations}: matching loss {history[-1]:.4f}")
-            if context.progress:
-                bar.set_postfix(loss=f"{history[-1]:.4f}")  # type: ignore[union-attr]
-
-            context.iteration_done(it, loop.snapshot(it + 1))
-
-        steps = max(1.0, counters["image_steps"])
-        cost = meter.figures(
-            iterations=iterations,
-            image_steps=counters["image_steps"],
-            inner_epochs=counters["inner_epochs"],
-            matching_time_s=counters["matching_time_s"],
-            inner_time_s=counters["inner_time_s"],
-            seconds_per_image_step=counters["matching_time_s"] / steps,
-            outer_loop=outer_loop,
-            inner_loop=inner_loop,
-        )
-        cost["wall_time_s"] += loop.elapsed_before
-        return self._synset(
-            real, ipc, seed, image_syn.detach(), label_syn, cost,
-            extra={"loss_history": history, "path": path, "dsa_strategy": None if aug is None else aug.strategy},
+    def cost_figures(self, run: LoopRun, syn: DCRun) -> dict[str, float]:
+        c = syn.counters
+        return dict(
+            image_steps=c["image_steps"], inner_epochs=c["inner_epochs"],
+            matching_time_s=c["matching_time_s"], inner_time_s=c["inner_time_s"],
+            seconds_per_image_step=c["matching_time_s"] / max(1.0, c["image_steps"]),
+            outer_loop=syn.outer_loop, inner_loop=syn.inner_loop,
         )
 
+    def extra(self, run: LoopRun, syn: DCRun) -> dict[str, Any]:
+        return {"loss_history": syn.history, "path": syn.path,
+                "dsa_strategy": None if syn.dsa is None else syn.dsa.strategy}
 
-def _freeze_batchnorm(net: nn.Module, real: ClassData, gen: torch.Generator, per_class: int) -> None:
-    """The reference's BN handling: running statistics from ``per_class`` real images per
-    class (one train-mode forward), then every BN module in eval mode for the image step."""
+
+def freeze_batchnorm(net: nn.Module, real: ClassData, gen: torch.Generator, per_class: int) -> None:
+    """The reference's BN handling (DC code ``main.py``): running statistics from ``per_class``
+    real images per class (one train-mode forward, ``torch.no_grad``), then every BN module in
+    eval mode, so the image step's forwards normalise with those frozen statistics and do not
+    update them."""
     x = torch.cat([real.sample(c, per_class, gen) for c in range(real.num_classes)])
     net.train()
     with torch.no_grad():

@@ -28,22 +28,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from methods.augment import default_dsa_strategy
-from methods.base import Method
+from methods.augment import DSA
 from methods.config import MethodConfig
-from methods.context import CostMeter, RunContext
 from methods.errors import MethodError
-from methods.realdata import ClassData
-from methods.registry import register
-from methods.rng import derive_seed, make_generator
-from methods.synset import SyntheticSet
-from methods.cafe import _check_dsa_strategy, augment_per_class, classes_per_chunk, init_synthetic, real_batch, sync
+from methods.loop import LoopRun, Synthesis
 from methods.networks import canonical_network_name, get_network
+from methods.registry import register
+from methods.rng import derive_seed
+from methods.synthesis import (
+    LearnedMethod,
+    augment_per_class,
+    check_dsa_strategy,
+    classes_per_chunk,
+    dsa_for,
+    init_synthetic,
+    real_batch,
+    sync,
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class DMConfig(MethodConfig):
         if problems:
             raise MethodError("invalid DM config: " + "; ".join(problems))
         if self.dsa and self.dsa_strategy is not None:
-            _check_dsa_strategy(self.dsa_strategy)
+            check_dsa_strategy(self.dsa_strategy)
 
 
 def dm_loss(net: nn.Module, real_x: Tensor, syn_x: Tensor, num_classes: int) -> Tensor:
@@ -97,76 +103,61 @@ def dm_loss(net: nn.Module, real_x: Tensor, syn_x: Tensor, num_classes: int) -> 
     return (real_means - syn_means).pow(2).sum()
 
 
+@dataclass(kw_only=True)
+class DMRun(Synthesis):
+    """One DM run's resolved values: real images per class and the DSA module (or None)."""
+
+    per_class: int
+    dsa: Optional[DSA]
+
+
 @register("dm", display="DM", family="distribution_matching", order=200, description="DM: distribution matching of class-mean embeddings through random frozen ConvNets")
-class DM(Method):
-    """Distribution Matching (Zhao & Bilen, WACV 2023); see the module docstring."""
+class DM(LearnedMethod):
+    """Distribution Matching (Zhao & Bilen, WACV 2023); see the module docstring. One image
+    step per iteration in the shared loop (:mod:`methods.loop`); four random streams."""
 
     config_class = DMConfig
     eval_epochs_no_aug = 1000  # main_DM.py's epoch_eval_train default
+    generator_names = ("init", "net", "data", "aug")
 
-    def condense(
-        self, real: ClassData, ipc: int, *, seed: int, context: Optional[RunContext] = None
-    ) -> SyntheticSet:
+    def start(self, run: LoopRun) -> DMRun:
         cfg: DMConfig = self.config
-        real.validate_ipc(ipc)
-        context = context or RunContext(device=real.device)
-        device = context.device
-        meter = CostMeter(device)
-        total = int(context.iterations if context.iterations is not None else cfg.iterations)
-        if total < 1:
-            raise MethodError(f"DM needs at least 1 iteration, got {total}")
-        C = real.num_classes
-        per_class = min(cfg.batch_real, min(real.class_counts()))
-        dsa = None
-        strategy = None
-        if cfg.dsa:
-            from methods.augment import DSA
-
-            strategy = cfg.dsa_strategy or default_dsa_strategy(real.name)
-            dsa = DSA(strategy)
-
-        root = make_generator(seed)
-        gens = {k: make_generator(derive_seed(root)) for k in ("init", "net", "data", "aug")}
-        images, labels = init_synthetic(real, ipc, cfg.init, gens["init"], device)
-        opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img)
-        counters: dict[str, float] = dict(image_steps=0, image_step_s=0.0, elapsed_s=0.0)
-        loop = self._loop_state(images, opt_img, gens, counters, seed=seed, ipc=ipc)
-        start_it = loop.restore(context.resume_state())
-
-
-        from tqdm.auto import tqdm
-
-        log_every = max(1, total // 20)
-        bar = tqdm(range(start_it, total), total=total, initial=start_it, desc=f"{self.name} ipc{ipc}", disable=not context.progress)
-        for it in bar:
-            t0 = time.perf_counter()
-            net = get_network(cfg.model, real.channel, C, real.im_size, seed=derive_seed(gens["net"]), device=device)
-            net.train()
-            for p in net.parameters():
-                p.requires_grad_(False)
-            rx = real_batch(real, per_class, gens["data"], device)
-            sx = images
-            if dsa is not None:
-                rx, sx = augment_per_class(dsa, rx, images, C, gens["aug"])
-            loss = dm_loss(net, rx, sx, C)
-            (grad,) = torch.autograd.grad(loss, images)
-            images.grad = grad
-            opt_img.step()
-            images.grad = None
-            sync(device)
-            counters["image_step_s"] += time.perf_counter() - t0
-            counters["image_steps"] += 1
-            if it % log_every == 0 or it == total - 1:
-                value = float(loss.detach())
-                bar.set_postfix(loss=f"{value:.4g}")
-                context.log(f"{self.name} it {it}/{total} loss {value:.4g}")
-            context.iteration_done(it, loop.snapshot(it + 1))
-        bar.close()
-
-        cost = meter.figures(
-            iterations=total,
-            image_steps=counters["image_steps"],
-            seconds_per_image_step=counters["image_step_s"] / max(1, counters["image_steps"]),
+        real = run.real
+        images, labels = init_synthetic(real, run.ipc, cfg.init, run.generators["init"], run.device)
+        return DMRun(
+            images=images, labels=labels,
+            optimizer=torch.optim.SGD([images], lr=cfg.lr_img, momentum=cfg.momentum_img),
+            counters=dict(image_steps=0, image_step_s=0.0, elapsed_s=0.0),
+            per_class=min(cfg.batch_real, min(real.class_counts())),
+            dsa=dsa_for(real, cfg.dsa, cfg.dsa_strategy),
         )
-        cost["wall_time_s"] += loop.elapsed_before
-        return self._synset(real, ipc, seed, images.detach(), labels, cost, extra={"dsa_strategy": strategy})
+
+    def step(self, run: LoopRun, syn: DMRun, iteration: int) -> Tensor:
+        cfg: DMConfig = self.config
+        real, gens, device, images = run.real, run.generators, run.device, syn.images
+        t0 = time.perf_counter()
+        net = get_network(cfg.model, real.channel, real.num_classes, real.im_size,
+                          seed=derive_seed(gens["net"]), device=device)
+        net.train()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        rx = real_batch(real, syn.per_class, gens["data"], device)
+        sx = images
+        if syn.dsa is not None:
+            rx, sx = augment_per_class(syn.dsa, rx, images, real.num_classes, gens["aug"])
+        loss = dm_loss(net, rx, sx, real.num_classes)
+        (grad,) = torch.autograd.grad(loss, images)
+        images.grad = grad
+        syn.optimizer.step()
+        images.grad = None
+        sync(device)
+        syn.counters["image_step_s"] += time.perf_counter() - t0
+        syn.counters["image_steps"] += 1
+        return loss.detach()
+
+    def cost_figures(self, run: LoopRun, syn: DMRun) -> dict[str, float]:
+        steps = syn.counters["image_steps"]
+        return {"image_steps": steps, "seconds_per_image_step": syn.counters["image_step_s"] / max(1, steps)}
+
+    def extra(self, run: LoopRun, syn: DMRun) -> dict[str, Any]:
+        return {"dsa_strategy": None if syn.dsa is None else syn.dsa.strategy}

@@ -8,6 +8,7 @@ import torch
 
 import methods  # noqa: F401  (registers every method)
 from methods import cafe as cafe_mod
+from methods import synthesis
 from methods.config import build_config
 from methods.context import MemoryCheckpointStore, RunContext, StopRequested
 from methods.errors import MethodError
@@ -82,14 +83,14 @@ def test_loss_and_gradient_equal_per_class_oracle(channel, num_classes, size, mo
 def test_chunked_real_pass_equals_one_pass(monkeypatch):
     """Real classes forwarded in chunks (2 classes of 4 images per chunk here) give the same
     loss and gradient as the oracle, and the chunked probe the same accuracies."""
-    monkeypatch.setattr(cafe_mod, "CPU_REAL_CHUNK_IMAGES", 8)
+    monkeypatch.setattr(synthesis, "CPU_REAL_CHUNK_IMAGES", 8)
     net = _net("ConvNetW32", 3, 10, 16, 5)
-    assert cafe_mod.classes_per_chunk(net, 10, 4) == 2
+    assert synthesis.classes_per_chunk(net, 10, 4) == 2
     real, syn = _batches(10, 4, 2, 3, 16)
     _assert_close(*_compare(net, real, syn, 10, 4, 2, None, 1.0, 0.01))
     labels = torch.arange(10).repeat_interleave(4)
     chunked = probe_class_accuracy(net, real, labels, 10)
-    monkeypatch.setattr(cafe_mod, "CPU_REAL_CHUNK_IMAGES", 4096)
+    monkeypatch.setattr(synthesis, "CPU_REAL_CHUNK_IMAGES", 4096)
     torch.testing.assert_close(chunked, probe_class_accuracy(net, real, labels, 10))
 
 
@@ -218,7 +219,7 @@ def test_fixed_bilevel_runs_exact_loop_counts():
     assert s.cost["cap_fired_outer"] == 0 and s.cost["cap_fired_inner"] == 0
     table = _run(dict(dynamic_bilevel=False, iterations=2), ipc=1)  # DC table: IPC 1 -> (1, 1)
     assert table.cost["image_steps"] == 2 and table.cost["inner_epochs"] == 0
-    assert cafe_mod.dc_loops(10) == (10, 50) and cafe_mod.dc_loops(60) == (50, 10) and cafe_mod.dc_loops(15) == (10, 50)
+    assert synthesis.get_loops(10) == (10, 50) and synthesis.get_loops(60) == (50, 10) and synthesis.get_loops(15) == (10, 50)
 
 
 def test_cap_stops_loops_that_never_meet_their_criterion_and_is_recorded():

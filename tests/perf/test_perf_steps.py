@@ -23,9 +23,10 @@ import pytest
 import torch
 
 from methods.augment import DSA
-from methods.cafe import augment_per_class, cafe_loss, real_batch, resolve_layer_weights
+from methods.cafe import cafe_loss, resolve_layer_weights
 from methods.dc import match_step, resolve_path
 from methods.dm import dm_loss
+from methods.synthesis import augment_per_class, real_batch
 from methods.networks import get_network
 from methods.training import sgd, train_epoch
 from tests.perf.conftest import (
