@@ -29,6 +29,11 @@ but once for the whole array.
 
 Every problem with the data on disk raises :class:`DataError` whose message names the path and
 how to get the data; library tracebacks (torchvision, pickle, scipy) never reach the user.
+
+Why one file of ~850 lines: the registry and the public API come first, then one short section
+per on-disk format (IDX, torchvision, tensor files, bundled digits), each registering its
+datasets; the sections share the error wording and the normalisation, and every caller imports
+from this one module.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ Deliberate generalisations (each reduces to the reference on its geometries):
   normal padding.
 * VGG11 skips a max-pool that would shrink a 1x1 map (only inputs under 32 px reach that).
 * ResNet18's final ``avg_pool2d(4)`` uses ``min(4, size)`` so inputs under 32 px work.
+
+Why one file of ~600 lines: it is the whole zoo of the reference list (ConvNet family, MLP,
+LeNet, AlexNet, VGG11, ResNet18 and their registrations) read side by side, as one table of
+architectures; each class is short and none is used without the registry at the bottom.
 """
 
 from __future__ import annotations
