@@ -18,7 +18,8 @@ gets **one** op chosen uniformly from the strategy (``'crop_scale_rotate'`` or `
 Every draw comes from the CPU ``torch.Generator`` passed in (the reference uses the global numpy
 RNG); all ops are vectorised over the images that chose them.
 
-Which strategy applies (:func:`dc_strategy`): ``'crop_noise'`` when the evaluation architecture
+Which strategy applies (:func:`methods.protocol.dc_strategy`, re-exported here; the evaluation
+plan's ``augmentation='auto'`` reads it): ``'crop_noise'`` when the evaluation architecture
 is ``ConvNetBN`` (checked last in the reference, so it wins), else ``'crop_scale_rotate'`` for
 MNIST, else none. The bundled ``digits`` dataset gets **none**: the reference rule names MNIST
 only, and digits exists for fast runs (augmentation would triple its evaluation epochs).
@@ -27,11 +28,12 @@ only, and digits exists for fast runs (augmentation would triple its evaluation 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from methods.protocol import dc_strategy  # noqa: F401  (the rule lives with the evaluation plan)
 
 CROP = 4
 SCALE = 0.2
@@ -40,15 +42,6 @@ NOISE = 0.001
 
 STRATEGIES = ("crop_scale_rotate", "crop_noise")
 _OPS = ("crop", "scale", "rotate", "noise")
-
-
-def dc_strategy(dataset_name: str, arch: str) -> Optional[str]:
-    """The reference ``get_daparam`` rule; None means no augmentation."""
-    if str(arch).lower() == "convnetbn":
-        return "crop_noise"
-    if str(dataset_name).lower() == "mnist":
-        return "crop_scale_rotate"
-    return None
 
 
 class DCAugment:

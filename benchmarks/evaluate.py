@@ -1,18 +1,23 @@
-"""The evaluation protocol shared by DC/DSA/DM/CAFE: the reference ``evaluate_synset`` (notes §2.9).
+"""The evaluation protocol shared by DC/DSA/DM/CAFE: the reference ``evaluate_synset``, run
+from the synthetic set's :class:`~methods.protocol.EvalPlan`.
 
 For one architecture, ``num_eval`` fresh networks are trained on the synthetic set and tested
-once on the full test set:
+once on the full test set. The plan (:mod:`methods.protocol`, where the protocol and its
+citations are written down) says how; its defaults are the published protocol:
 
-* SGD, lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, shuffled every epoch;
+* SGD, lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, shuffled every epoch, hard labels
+  and cross-entropy;
 * ``E + 1`` epochs (``ep = 0 .. E``); after epoch ``E // 2 + 1`` the lr is multiplied by 0.1 and
   the optimiser is **re-created** (momentum buffers reset) -- see :func:`lr_schedule`;
 * training augmentation: DSA (per-sample parameters) when the method's paper evaluated with
   it, else DC's augmentation where the reference turns it on (MNIST, ``ConvNetBN``), else none;
 * the **final-epoch** test accuracy (eval mode, no autograd) is recorded, not the best.
 
-The epoch count ``E`` follows the reference (:func:`evaluation_plan`): 1000 with any
-augmentation, otherwise the method's ``epochs_no_aug`` (300 for DC and the coresets, 600 for
-CAFE); an explicit ``epochs`` overrides it.
+``E`` follows the reference: 1000 with any augmentation, otherwise the plan's
+``epochs_no_aug`` (300 for DC and the coresets, 600 for CAFE, 1000 for DM); an explicit
+``epochs`` overrides it. ``plan_overrides`` change any other field for a comparison (soft
+labels, a learned lr, Adam, cosine, ZCA, best-validation-epoch selection); :class:`EvalResult`
+records the effective plan, every field.
 
 Deliberate differences from the reference (none changes the protocol's statistics):
 
@@ -29,7 +34,8 @@ Speed options (same results up to float rounding unless noted):
   :func:`methods.ensemble.resolve_mode`, measured in ``tests/perf``), ``'sequential'`` (one
   network after the other, the oracle) or ``'vectorized'`` (all networks in one ``vmap``; same
   per-network seeds and draws, parameters equal to ~1e-4 relative). Batch-norm/dropout
-  networks always run sequentially.
+  networks always run sequentially, and so do plans with Adam, soft labels or
+  ``selection='best_val'`` (the vectorised ensemble implements the published protocol only).
 * ``bf16``: bfloat16 autocast for the forward passes (training and test), default off; it
   changes the arithmetic, so accuracies move slightly (measured in ``tests/perf``).
 * ``channels_last``: the test pass in channels-last memory format (default off; see the perf
@@ -38,13 +44,14 @@ Speed options (same results up to float rounding unless noted):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Literal, Mapping, Optional, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Literal, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -52,22 +59,27 @@ from tqdm.auto import tqdm
 
 from benchmarks import UserError
 from benchmarks.data import Dataset
-from benchmarks.dc_augment import DCAugment, dc_strategy
+from benchmarks.dc_augment import DCAugment
 from methods.context import CostMeter
+from methods.ensemble import autocast_context, resolve_mode, train_ensemble
+from methods.errors import MethodError
+from methods.networks import canonical_network_name, get_network
+from methods.protocol import (
+    Augmentation,
+    DCAugmentation,
+    DSAAugmentation,
+    EvalPlan,
+    ResolvedPlan,
+    apply_overrides,
+    epoch_schedule,
+)
 from methods.rng import make_generator
 from methods.synset import SyntheticSet
-from methods.ensemble import autocast_context, resolve_mode, train_ensemble
-from methods.networks import canonical_network_name, get_network
-from methods.training import Augment, accuracy, sgd, train_epoch
+from methods.training import Augment, LossFn, accuracy, make_loss, make_optimizer, train_epoch
+from methods.zca import ZCA
 
 log = logging.getLogger(__name__)
 
-LR = 0.01
-MOMENTUM = 0.9
-WEIGHT_DECAY = 5e-4
-BATCH_SIZE = 256
-EPOCHS_WITH_AUG = 1000
-DEFAULT_EPOCHS_NO_AUG = 300
 WHOLE_DATASET_EPOCHS = 20
 """Default epochs of the whole-dataset baseline. The reference has no fixed value for it (the
 papers train on the full set "to convergence"); 20 epochs of the evaluation schedule bring a
@@ -76,12 +88,17 @@ with ``epochs=`` for a longer run."""
 
 
 class EvaluationError(UserError):
-    """A synthetic set that cannot be evaluated on the given dataset (shape/class mismatch)."""
+    """A synthetic set that cannot be evaluated on the given dataset (shape/class mismatch) or
+    with the given plan."""
 
 
 @dataclass
 class EvalResult:
-    """All test accuracies (fractions in [0, 1]) of one architecture's ``num_eval`` networks."""
+    """All test accuracies (fractions in [0, 1]) of one architecture's ``num_eval`` networks.
+
+    ``plan`` is the effective evaluation plan, every field (epochs, augmentation and lr as
+    used); ``labels`` is ``'hard'`` or ``'soft'``; ``selected_epochs`` the epoch each network's
+    accuracy comes from under ``selection='best_val'`` (None for the final epoch)."""
 
     arch: str
     accuracies: list[float]
@@ -94,6 +111,9 @@ class EvalResult:
     peak_memory_mb: float
     device: str
     seed: int = 0
+    plan: dict[str, Any] = field(default_factory=dict)
+    labels: str = "hard"
+    selected_epochs: Optional[list[int]] = None
 
     @property
     def mean(self) -> float:
@@ -111,60 +131,99 @@ class EvalResult:
         return d
 
 
+class NetworkResult(NamedTuple):
+    """One trained network: its test accuracy, train and test seconds, and the epoch the
+    accuracy belongs to (the last one unless the plan selects on validation)."""
+
+    accuracy: float
+    train_s: float
+    test_s: float
+    epoch: int
+
+
 # --------------------------------------------------------------------------------------------
-# Plan: epochs and augmentation
+# Plan: the effective plan and augmentation
 # --------------------------------------------------------------------------------------------
 
 
-def evaluation_plan(
-    synset_or_eval_defaults: SyntheticSet | Mapping[str, Any] | None,
+def effective_plan(
+    synset_or_plan: SyntheticSet | EvalPlan | None,
     arch: str,
     dataset_name: str,
+    *,
     epochs: Optional[int] = None,
-) -> tuple[int, str]:
-    """``(epochs, augmentation)`` for evaluating on ``arch`` (reference ``main.py`` rule).
+    plan_overrides: Optional[Mapping[str, Any]] = None,
+) -> ResolvedPlan:
+    """The plan actually run for ``arch`` on ``dataset_name``: the set's plan (or ``EvalPlan()``),
+    then ``plan_overrides``, then an explicit ``epochs``, resolved (``'auto'`` augmentation,
+    the reference epoch rule, the learned lr). Raises :class:`EvaluationError` listing every
+    problem, including what the plan needs that the set lacks (soft labels, lr, ZCA)."""
+    synset = synset_or_plan if isinstance(synset_or_plan, SyntheticSet) else None
+    plan = synset.eval_plan if synset is not None else (synset_or_plan or EvalPlan())
+    try:
+        plan = apply_overrides(plan, plan_overrides)
+        if epochs is not None:
+            plan = dataclasses.replace(plan, epochs=int(epochs))
+            plan.validate()
+    except MethodError as exc:
+        raise EvaluationError(str(exc)) from None
+    problems = plan.set_problems(
+        has_soft_labels=synset is not None and synset.soft_labels is not None,
+        has_learned_lr=synset is not None and synset.learned_lr is not None,
+        has_zca=synset is None or synset.zca is not None,  # the whole-dataset baseline fits its own
+    )
+    if problems:
+        raise EvaluationError("; ".join(problems))
+    return plan.resolve(dataset_name, canonical_network_name(arch),
+                        learned_lr=None if synset is None else synset.learned_lr)
 
-    ``augmentation`` is ``'dsa:<strategy>'`` when the method's eval defaults ask for DSA,
-    ``'dc:<strategy>'`` when DC's augmentation applies (:func:`dc_strategy`), else ``'none'``.
-    Epochs: 1000 with augmentation, else ``eval_defaults['epochs_no_aug']`` (default 300);
-    an explicit ``epochs`` wins."""
-    if isinstance(synset_or_eval_defaults, SyntheticSet):
-        defaults: Mapping[str, Any] = synset_or_eval_defaults.eval_defaults
-    else:
-        defaults = synset_or_eval_defaults or {}
-    arch = canonical_network_name(arch)
-    if defaults.get("dsa"):
-        from methods.augment import default_dsa_strategy
 
-        strategy = defaults.get("dsa_strategy") or default_dsa_strategy(dataset_name)
-        augmentation = f"dsa:{strategy}"
-    else:
-        dc = dc_strategy(dataset_name, arch)
-        augmentation = f"dc:{dc}" if dc else "none"
-    if epochs is None:
-        epochs = EPOCHS_WITH_AUG if augmentation != "none" else int(defaults.get("epochs_no_aug") or DEFAULT_EPOCHS_NO_AUG)
-    if int(epochs) < 0:
-        raise EvaluationError(f"evaluation epochs must be >= 0, got {epochs}")
-    return int(epochs), augmentation
+class Compose:
+    """Several augmentations applied in order, each drawing from the same generator."""
+
+    def __init__(self, augments: Sequence[Augment]) -> None:
+        self.augments = list(augments)
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        for aug in self.augments:
+            x = aug(x, generator)
+        return x
+
+    def __repr__(self) -> str:
+        return f"Compose({self.augments!r})"
 
 
-def make_augment(augmentation: str) -> Optional[Augment]:
-    """The training-batch augmentation named by :func:`evaluation_plan`."""
-    if augmentation == "none":
-        return None
-    kind, _, strategy = augmentation.partition(":")
-    if kind == "dc":
-        return DCAugment(strategy)
-    if kind == "dsa":
+def _build_dc(aug: DCAugmentation) -> Augment:
+    return DCAugment(aug.strategy)
+
+
+def _build_dsa(aug: DSAAugmentation) -> Augment:
+    from methods.augment import DSA
+
+    return DSA(aug.strategy)
+
+
+AUGMENT_BUILDERS: dict[str, Callable[[Any], Augment]] = {"dc": _build_dc, "dsa": _build_dsa}
+"""Augmentation kind (:data:`methods.protocol.AUGMENTATIONS`) -> the callable it trains with."""
+
+
+def make_augment(augmentations: Sequence[Augmentation] | str) -> Optional[Augment]:
+    """The training-batch augmentation of resolved augmentations (or of a resolved spec string
+    such as ``EvalResult.augmentation``: ``'none'``, ``'dc:crop_noise'``, ``'dsa:color_crop'``)."""
+    if isinstance(augmentations, str):
         try:
-            from methods.augment import DSA
-        except ImportError as exc:  # the DSA module arrives with the DSA method
-            raise EvaluationError(
-                "this synthetic set is evaluated with DSA augmentation, but methods.augment is not "
-                "available in this installation"
-            ) from exc
-        return DSA(strategy)
-    raise EvaluationError(f"unknown augmentation '{augmentation}'")
+            augmentations = EvalPlan(augmentation=augmentations).augmentations("", "")
+        except MethodError as exc:
+            raise EvaluationError(f"unknown augmentation '{augmentations}': {exc}") from None
+    built = []
+    for aug in augmentations:
+        builder = AUGMENT_BUILDERS.get(aug.name)
+        if builder is None:
+            raise EvaluationError(f"augmentation '{aug.name}' has no training callable in benchmarks.evaluate")
+        built.append(builder(aug))
+    if not built:
+        return None
+    return built[0] if len(built) == 1 else Compose(built)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,20 +238,32 @@ def network_seed(seed: int, arch: str, net_index: int) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & (2**63 - 1)
 
 
-def lr_schedule(epochs: int, lr: float = LR) -> Iterator[tuple[int, float, bool]]:
+def lr_schedule(epochs: int, lr: float = EvalPlan.lr) -> Iterator[tuple[int, float, bool]]:
     """Yield ``(epoch, lr, new_optimizer)`` for the reference loop ``for ep in range(E + 1)``.
 
     ``new_optimizer`` is True at epoch 0 and at the first epoch after ``E // 2 + 1``: the
     reference multiplies lr by 0.1 *after* training epoch ``E // 2 + 1`` and builds a new SGD
-    optimiser then, so momentum starts from zero for the low-lr phase."""
-    drop_after = epochs // 2 + 1
-    current = lr
-    for ep in range(epochs + 1):
-        new = ep == 0
-        if ep == drop_after + 1:
-            current = current * 0.1
-            new = True
+    optimiser then, so momentum starts from zero for the low-lr phase (the plan's
+    ``schedule='reference_step'``, :func:`methods.protocol.epoch_schedule`)."""
+    for ep, (current, new) in enumerate(epoch_schedule("reference_step", epochs, lr)):
         yield ep, current, new
+
+
+def validation_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """``(train_indices, val_indices)`` of a stratified hold-out: in every class, a seeded
+    ``round(fraction * n_c)`` (at least 1, at most ``n_c - 1``) of the images go to validation.
+    Drawn from a CPU generator seeded by SHA-256 of ``"condbench-val|seed"``."""
+    text = f"condbench-val|{int(seed)}"
+    g = make_generator(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & (2**63 - 1))
+    y = labels.detach().cpu()
+    train, val = [], []
+    for c in torch.unique(y).tolist():
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        k = min(max(1, round(fraction * idx.numel())), idx.numel() - 1)
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
 def train_and_test(
@@ -210,31 +281,53 @@ def train_and_test(
     net_index: int,
     augment: Optional[Augment],
     device: torch.device | str,
-    lr: float = LR,
-    momentum: float = MOMENTUM,
-    weight_decay: float = WEIGHT_DECAY,
-    batch_size: int = BATCH_SIZE,
+    lr: float = EvalPlan.lr,
+    momentum: float = EvalPlan.momentum,
+    weight_decay: float = EvalPlan.weight_decay,
+    batch_size: int = EvalPlan.batch_size,
     bf16: bool = False,
     channels_last: bool = False,
-) -> tuple[float, float, float]:
-    """Train one fresh network with the reference schedule; return (final test accuracy,
-    train seconds, test seconds). ``images`` etc. must already be on ``device``."""
+    schedule: Optional[Sequence[tuple[float, bool]]] = None,
+    optimizer: str = EvalPlan.optimizer,
+    loss_fn: Optional[LossFn] = None,
+    validation: Optional[tuple[Tensor, Tensor]] = None,
+) -> NetworkResult:
+    """Train one fresh network and test it once; ``images`` etc. must already be on ``device``.
+
+    ``schedule`` (one ``(lr, new_optimizer)`` per pass) defaults to the reference schedule of
+    ``epochs`` and ``lr``. ``labels`` are class ids, or what ``loss_fn`` takes (soft-label
+    logits). With ``validation`` (images, labels of a held-out part of the training set) the
+    network is scored on it after every pass and tested with the weights of the best pass
+    (the earliest on ties); otherwise with the final weights."""
     device = torch.device(device)
     g = make_generator(network_seed(seed, arch, net_index))
     net = get_network(arch, channel, num_classes, im_size, generator=g, device=device)
-    optimizer = None
+    passes = list(schedule) if schedule is not None else [(r, n) for _ep, r, n in lr_schedule(epochs, lr)]
+    opt = None
+    best_acc, best_state, chosen = -1.0, None, len(passes) - 1
     start = time.perf_counter()
-    for _ep, ep_lr, new in lr_schedule(epochs, lr):
-        if new or optimizer is None:
-            optimizer = sgd(net.parameters(), ep_lr, momentum=momentum, weight_decay=weight_decay)
+    for ep, (ep_lr, new) in enumerate(passes):
+        if new or opt is None:
+            opt = make_optimizer(optimizer, net.parameters(), ep_lr, momentum=momentum, weight_decay=weight_decay)
+        else:  # a schedule that changes lr without a new optimiser (cosine)
+            for group in opt.param_groups:
+                group["lr"] = ep_lr
         with autocast_context(device, bf16):
-            train_epoch(net, images, labels, optimizer, batch_size=batch_size, generator=g, augment=augment)
+            train_epoch(net, images, labels, opt, batch_size=batch_size, generator=g, augment=augment,
+                        loss_fn=loss_fn)
+        if validation is not None:
+            val_acc = test_accuracy(net, validation[0], validation[1], bf16=bf16)
+            if val_acc > best_acc:
+                best_acc, chosen = val_acc, ep
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if best_state is not None:
+        net.load_state_dict(best_state)
     _sync(device)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     acc = test_accuracy(net, test_images, test_labels, bf16=bf16, channels_last=channels_last)
     _sync(device)
-    return acc, train_s, time.perf_counter() - start
+    return NetworkResult(acc, train_s, time.perf_counter() - start, chosen)
 
 
 def test_accuracy(net: torch.nn.Module, images: Tensor, labels: Tensor, *, bf16: bool = False,
@@ -267,16 +360,21 @@ def train_networks_vectorized(
     device: torch.device,
     bf16: bool = False,
     channels_last: bool = False,
-) -> list[tuple[float, float, float]]:
+    schedule: Optional[Sequence[tuple[float, bool]]] = None,
+    momentum: float = EvalPlan.momentum,
+    weight_decay: float = EvalPlan.weight_decay,
+    batch_size: int = EvalPlan.batch_size,
+) -> list[NetworkResult]:
     """All networks of ``net_indices`` trained in one vectorised ensemble
     (:func:`methods.ensemble.train_ensemble`), same seeds and draws as :func:`train_and_test`;
-    train seconds are the ensemble's time split evenly over the networks."""
+    train seconds are the ensemble's time split evenly over the networks. SGD on hard labels
+    with the final epoch only (the published protocol)."""
     gens = [make_generator(network_seed(seed, arch, i)) for i in net_indices]
     nets = [get_network(arch, channel, num_classes, im_size, generator=g, device=device) for g in gens]
-    schedule = [(ep_lr, new) for _ep, ep_lr, new in lr_schedule(epochs, LR)]
+    passes = list(schedule) if schedule is not None else [(r, n) for _ep, r, n in lr_schedule(epochs)]
     start = time.perf_counter()
-    train_ensemble(nets, gens, images, labels, schedule, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-                   batch_size=BATCH_SIZE, augment=augment, mode="vectorized", bf16=bf16)
+    train_ensemble(nets, gens, images, labels, passes, momentum=momentum, weight_decay=weight_decay,
+                   batch_size=batch_size, augment=augment, mode="vectorized", bf16=bf16)
     _sync(device)
     train_s = (time.perf_counter() - start) / max(1, len(nets))
     out = []
@@ -284,7 +382,7 @@ def train_networks_vectorized(
         start = time.perf_counter()
         acc = test_accuracy(net, test_images, test_labels, bf16=bf16, channels_last=channels_last)
         _sync(device)
-        out.append((acc, train_s, time.perf_counter() - start))
+        out.append(NetworkResult(acc, train_s, time.perf_counter() - start, len(passes) - 1))
     return out
 
 
@@ -306,26 +404,38 @@ def train_networks(
     im_size: Sequence[int],
     epochs: int,
     seed: int,
-    augmentation: str,
+    augmentation: str | Sequence[Augmentation],
     device: torch.device,
     progress: bool = False,
     desc: str = "",
     vectorize: Literal["auto", "sequential", "vectorized"] = "auto",
     bf16: bool = False,
     channels_last: bool = False,
-) -> list[tuple[float, float, float]]:
-    """Train and test one network per index; ``(acc, train_s, test_s)`` each, in order.
+    plan: Optional[ResolvedPlan] = None,
+    validation: Optional[tuple[Tensor, Tensor]] = None,
+) -> list[NetworkResult]:
+    """Train and test one network per index, in order.
 
-    The single place that trains "N networks": the sequential loop here is the oracle that the
-    vectorised path (``vectorize``, see the module docstring) reproduces (same seeds per
-    ``net_index``)."""
+    ``plan`` (a resolved plan; default: the published protocol with ``epochs`` and
+    ``augmentation``) gives the optimiser, schedule, loss and batch size; ``validation`` turns
+    on best-validation-epoch selection. The single place that trains "N networks": the
+    sequential loop here is the oracle that the vectorised path (``vectorize``, see the module
+    docstring; published protocol only) reproduces (same seeds per ``net_index``)."""
+    if plan is None:
+        base = EvalPlan(epochs=int(epochs))
+        plan = ResolvedPlan(base, int(epochs), (), base.lr)
+    p = plan.plan
     augment = make_augment(augmentation)
+    schedule = epoch_schedule(p.schedule, int(epochs), plan.lr)
+    loss_fn = make_loss(p.loss, p.temperature)
+    published = p.optimizer == "sgd" and loss_fn is None and validation is None
     probe = get_network(arch, channel, num_classes, im_size, seed=0, device="meta")
-    if len(net_indices) > 1 and resolve_mode(vectorize, device, probe) == "vectorized":
+    if published and len(net_indices) > 1 and resolve_mode(vectorize, device, probe) == "vectorized":
         return train_networks_vectorized(
             images, labels, test_images, test_labels, arch, net_indices=list(net_indices),
             num_classes=num_classes, channel=channel, im_size=im_size, epochs=epochs, seed=seed,
-            augment=augment, device=device, bf16=bf16, channels_last=channels_last,
+            augment=augment, device=device, bf16=bf16, channels_last=channels_last, schedule=schedule,
+            momentum=p.momentum, weight_decay=p.weight_decay, batch_size=p.batch_size,
         )
     out = []
     indices = list(net_indices)
@@ -335,13 +445,15 @@ def train_networks(
                 images, labels, test_images, test_labels, arch,
                 num_classes=num_classes, channel=channel, im_size=im_size, epochs=epochs,
                 seed=seed, net_index=i, augment=augment, device=device, bf16=bf16,
-                channels_last=channels_last,
+                channels_last=channels_last, schedule=schedule, momentum=p.momentum,
+                weight_decay=p.weight_decay, batch_size=p.batch_size, optimizer=p.optimizer,
+                loss_fn=loss_fn, validation=validation,
             )
         )
-        acc, train_s, test_s = out[-1]
+        r = out[-1]
         # one line per network: a long run (e.g. the whole-dataset baseline) shows its progress in job logs
-        log.info("%s network %d/%d: %.2f %% (train %.1f s, test %.1f s)", arch, n, len(indices), 100 * acc,
-                 train_s, test_s)
+        log.info("%s network %d/%d: %.2f %% (train %.1f s, test %.1f s)", arch, n, len(indices), 100 * r.accuracy,
+                 r.train_s, r.test_s)
     return out
 
 
@@ -376,8 +488,7 @@ def _evaluate(
     arch: str,
     *,
     num_eval: int,
-    epochs: int,
-    augmentation: str,
+    plan: ResolvedPlan,
     seed: int,
     device: Optional[torch.device | str],
     progress: bool,
@@ -385,38 +496,60 @@ def _evaluate(
     vectorize: Literal["auto", "sequential", "vectorized"] = "auto",
     bf16: bool = False,
     channels_last: bool = False,
+    zca: Optional[ZCA] = None,
+    validation: Optional[tuple[Tensor, Tensor]] = None,
 ) -> EvalResult:
+    """Train ``num_eval`` networks on (``images``, ``labels``) with ``plan``; ``zca`` whitens
+    the test (and validation) images, whose training images are already in that space."""
     if int(num_eval) <= 0:
         raise EvaluationError(f"num_eval must be a positive number of networks, got {num_eval}")
     arch = canonical_network_name(arch)
     device = torch.device(device) if device is not None else dataset.device
     meter = CostMeter(device)
     x = images.detach().to(device=device, dtype=torch.float32).contiguous()
-    y = labels.detach().to(device=device, dtype=torch.long)
+    y = labels.detach().to(device=device, dtype=torch.float32 if labels.is_floating_point() else torch.long)
     tx, ty = dataset.test_images.to(device), dataset.test_labels.to(device)
+    if zca is not None:
+        tx = zca.whiten(tx)
+    if validation is not None:
+        vx, vy = validation[0].to(device), validation[1].to(device)
+        validation = (zca.whiten(vx) if zca is not None else vx, vy)
     runs = train_networks(
         x, y, tx, ty, arch, net_indices=range(int(num_eval)), num_classes=dataset.num_classes,
-        channel=dataset.channel, im_size=dataset.im_size, epochs=epochs, seed=seed,
-        augmentation=augmentation, device=device, progress=progress, desc=desc,
-        vectorize=vectorize, bf16=bf16, channels_last=channels_last,
+        channel=dataset.channel, im_size=dataset.im_size, epochs=plan.epochs, seed=seed,
+        augmentation=plan.augmentations, device=device, progress=progress, desc=desc,
+        vectorize=vectorize, bf16=bf16, channels_last=channels_last, plan=plan, validation=validation,
     )
     figures = meter.figures()
     result = EvalResult(
         arch=arch,
-        accuracies=[r[0] for r in runs],
-        epochs=int(epochs),
+        accuracies=[r.accuracy for r in runs],
+        epochs=plan.epochs,
         num_eval=int(num_eval),
-        augmentation=augmentation,
-        train_time_s=sum(r[1] for r in runs),
-        test_time_s=sum(r[2] for r in runs),
+        augmentation=plan.augmentation,
+        train_time_s=sum(r.train_s for r in runs),
+        test_time_s=sum(r.test_s for r in runs),
         wall_time_s=figures["wall_time_s"],
         peak_memory_mb=figures["peak_memory_mb"],
         device=str(device),
         seed=int(seed),
+        plan=plan.to_dict(),
+        labels=plan.plan.labels,
+        selected_epochs=None if validation is None else [r.epoch for r in runs],
     )
     log.info("%s: %.2f ± %.2f %% over %d nets (%d epochs, aug %s, %.1f s)", arch, 100 * result.mean,
-             100 * result.std, num_eval, epochs, augmentation, result.wall_time_s)
+             100 * result.std, num_eval, plan.epochs, plan.augmentation, result.wall_time_s)
     return result
+
+
+def _validation(dataset: Dataset, plan: ResolvedPlan, seed: int) -> tuple[Optional[Tensor], Optional[tuple[Tensor, Tensor]]]:
+    """(training indices kept, validation images and labels) of the plan; (None, None) for
+    ``selection='final'``. The hold-out comes from the training set, never the test set."""
+    if plan.plan.selection != "best_val":
+        return None, None
+    keep, val = validation_split(dataset.train.labels, plan.plan.val_fraction, seed)
+    return keep, (dataset.train.images[val.to(dataset.train.images.device)],
+                  dataset.train.labels[val.to(dataset.train.labels.device)])
 
 
 def evaluate_synset(
@@ -426,6 +559,7 @@ def evaluate_synset(
     *,
     num_eval: int = 20,
     epochs: Optional[int] = None,
+    plan_overrides: Optional[Mapping[str, Any]] = None,
     seed: int = 0,
     device: Optional[torch.device | str] = None,
     progress: bool = False,
@@ -433,16 +567,20 @@ def evaluate_synset(
     bf16: bool = False,
     channels_last: bool = False,
 ) -> EvalResult:
-    """Reference ``evaluate_synset`` for ``num_eval`` fresh ``arch`` networks (see module doc).
+    """Evaluate ``synset`` on ``num_eval`` fresh ``arch`` networks with its plan (module doc).
 
-    ``device`` defaults to the dataset's device."""
+    ``plan_overrides`` change fields of the set's :class:`~methods.protocol.EvalPlan`
+    (validated: :func:`methods.protocol.plan_problems`); an explicit ``epochs`` wins over
+    both. ``device`` defaults to the dataset's device. Raises :class:`EvaluationError`."""
     arch = canonical_network_name(arch)
     _check_compatible(synset, dataset)
-    n_epochs, augmentation = evaluation_plan(synset, arch, dataset.name, epochs)
+    plan = effective_plan(synset, arch, dataset.name, epochs=epochs, plan_overrides=plan_overrides)
+    labels = synset.soft_labels if plan.plan.labels == "soft" else synset.labels
+    _keep, validation = _validation(dataset, plan, seed)
     return _evaluate(
-        synset.images, synset.labels, dataset, arch, num_eval=num_eval, epochs=n_epochs,
-        augmentation=augmentation, seed=seed, device=device, progress=progress,
-        desc=f"eval {synset.method} on {arch}", vectorize=vectorize, bf16=bf16, channels_last=channels_last,
+        synset.images, labels, dataset, arch, num_eval=num_eval, plan=plan, seed=seed, device=device,
+        progress=progress, desc=f"eval {synset.method} on {arch}", vectorize=vectorize, bf16=bf16,
+        channels_last=channels_last, zca=synset.zca if plan.plan.zca else None, validation=validation,
     )
 
 
@@ -451,7 +589,8 @@ def evaluate_whole_dataset(
     arch: str,
     *,
     num_eval: int = 5,
-    epochs: int = WHOLE_DATASET_EPOCHS,
+    epochs: Optional[int] = WHOLE_DATASET_EPOCHS,
+    plan_overrides: Optional[Mapping[str, Any]] = None,
     seed: int = 0,
     device: Optional[torch.device | str] = None,
     progress: bool = False,
@@ -461,14 +600,27 @@ def evaluate_whole_dataset(
 ) -> EvalResult:
     """The "whole dataset" baseline: the same protocol trained on the full training set.
 
-    Augmentation follows DC's rule (MNIST / ConvNetBN); the default epoch count is
-    :data:`WHOLE_DATASET_EPOCHS`."""
+    The plan is the default :class:`~methods.protocol.EvalPlan` (hard labels; augmentation by
+    DC's rule, MNIST / ConvNetBN) with ``epochs`` passes (default :data:`WHOLE_DATASET_EPOCHS`,
+    None = the plan's rule), then ``plan_overrides``. ``zca=True`` fits ZCA on the training
+    images used; ``selection='best_val'`` trains on the training set minus the hold-out."""
     arch = canonical_network_name(arch)
-    _, augmentation = evaluation_plan(None, arch, dataset.name, epochs)
+    base = EvalPlan(epochs=None if epochs is None else int(epochs))
+    try:
+        base.validate()
+    except MethodError as exc:
+        raise EvaluationError(str(exc)) from None
+    plan = effective_plan(base, arch, dataset.name, plan_overrides=plan_overrides)
+    keep, validation = _validation(dataset, plan, seed)
+    images, labels = dataset.train.images, dataset.train.labels
+    if keep is not None:
+        images, labels = images[keep.to(images.device)], labels[keep.to(labels.device)]
+    zca = None
+    if plan.plan.zca:
+        zca = ZCA.fit(images)
+        images = zca.whiten(images)
     return _evaluate(
-        dataset.train.images, dataset.train.labels, dataset, arch, num_eval=num_eval, epochs=epochs,
-        augmentation=augmentation, seed=seed, device=device, progress=progress,
-        desc=f"whole {dataset.name} on {arch}", vectorize=vectorize, bf16=bf16, channels_last=channels_last,
+        images, labels, dataset, arch, num_eval=num_eval, plan=plan, seed=seed, device=device,
+        progress=progress, desc=f"whole {dataset.name} on {arch}", vectorize=vectorize, bf16=bf16,
+        channels_last=channels_last, zca=zca, validation=validation,
     )
-
-

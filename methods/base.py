@@ -15,6 +15,7 @@ of the suite reads (display name, family, table order, variants).
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, ClassVar, Mapping, Optional
 
 import torch
@@ -24,16 +25,20 @@ from methods.augment import default_dsa_strategy
 from methods.config import MethodConfig
 from methods.context import RunContext
 from methods.loop import LoopState
+from methods.protocol import EvalPlan
 from methods.realdata import ClassData
 from methods.synset import SyntheticSet
+from methods.zca import ZCA
 
 
 class Method(abc.ABC):
     """Base class: subclasses set ``name``, ``config_class`` and implement ``condense``.
 
-    ``eval_epochs_no_aug`` is the number of evaluation epochs the method's paper used when no
-    augmentation is active (300 for DC and the coresets, 600 for CAFE); ``uses_dsa_in_eval``
-    decides whether evaluation trains with DSA (DSA, DM and the ``dsa=True`` variants).
+    How the method's sets are evaluated is :meth:`eval_plan`. Its default reads two hooks:
+    ``eval_epochs_no_aug``, the number of evaluation epochs the method's paper used when no
+    augmentation is active (300 for DC and the coresets, 600 for CAFE, 1000 for DM), and
+    ``uses_dsa_in_eval``, whether evaluation trains with DSA (DSA, DM and the ``dsa=True``
+    variants). A method whose protocol differs in other fields overrides :meth:`eval_plan`.
     """
 
     name: ClassVar[str] = "method"
@@ -55,12 +60,20 @@ class Method(abc.ABC):
     def uses_dsa_in_eval(self) -> bool:
         return bool(getattr(self.config, "dsa", False))
 
-    def eval_defaults(self, real: ClassData) -> dict[str, Any]:
+    def eval_plan(self, real: ClassData) -> EvalPlan:
+        """The evaluation plan of this method's paper for sets condensed from ``real``: the
+        shared protocol (:mod:`methods.protocol`) with DSA (the config's ``dsa_strategy`` or
+        DSA's per-dataset default) when :meth:`uses_dsa_in_eval`, and
+        ``eval_epochs_no_aug`` epochs without augmentation."""
         dsa = self.uses_dsa_in_eval()
         strategy = None
         if dsa:
             strategy = getattr(self.config, "dsa_strategy", None) or default_dsa_strategy(real.name)
-        return {"dsa": dsa, "dsa_strategy": strategy, "epochs_no_aug": self.eval_epochs_no_aug}
+        return EvalPlan(dsa=dsa, dsa_strategy=strategy, epochs_no_aug=int(self.eval_epochs_no_aug))
+
+    def eval_defaults(self, real: ClassData) -> dict[str, Any]:
+        """The format-1 summary of :meth:`eval_plan` (``dsa``, ``dsa_strategy``, ``epochs_no_aug``)."""
+        return self.eval_plan(real).eval_defaults()
 
     @abc.abstractmethod
     def condense(
@@ -94,8 +107,24 @@ class Method(abc.ABC):
         cost: dict[str, float],
         indices: Optional[Tensor] = None,
         extra: Optional[dict[str, Any]] = None,
+        *,
+        soft_labels: Optional[Tensor] = None,
+        learned_lr: Optional[float] = None,
+        zca: Optional[ZCA] = None,
     ) -> SyntheticSet:
-        """Package a result with the metadata every method records."""
+        """Package a result with the metadata every method records and its evaluation plan.
+
+        ``soft_labels`` (N, num_classes logits), ``learned_lr`` and ``zca`` are stored with the
+        set; each switches the plan of :meth:`eval_plan` to use it unless that plan already
+        does (hard labels -> ``labels='soft', loss='soft_ce'``; ``lr_source='learned'``;
+        ``zca=True``)."""
+        plan = self.eval_plan(real)
+        if soft_labels is not None and plan.labels == "hard":
+            plan = dataclasses.replace(plan, labels="soft", loss="soft_ce")
+        if learned_lr is not None and plan.lr_source == "fixed":
+            plan = dataclasses.replace(plan, lr_source="learned")
+        if zca is not None and not plan.zca:
+            plan = dataclasses.replace(plan, zca=True)
         return SyntheticSet(
             images=images.detach().cpu(),
             labels=labels.detach().cpu().long(),
@@ -110,6 +139,9 @@ class Method(abc.ABC):
             mean=tuple(real.mean),
             std=tuple(real.std),
             class_names=real.class_names,
-            eval_defaults=self.eval_defaults(real),
+            eval_plan=plan,
             extra=extra or {},
+            soft_labels=None if soft_labels is None else soft_labels.detach().cpu().float(),
+            learned_lr=None if learned_lr is None else float(learned_lr),
+            zca=zca,
         )

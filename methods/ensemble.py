@@ -31,7 +31,10 @@ Which is faster depends on the device (:func:`resolve_mode`, ``mode='auto'``):
 
 Networks with batch norm (running statistics are updated in place, which ``functional_call``
 under ``vmap`` cannot do per network) or dropout (needs the global RNG) always train
-sequentially: :func:`vectorizable` says which.
+sequentially: :func:`vectorizable` says which. So does any plan beyond the published
+protocol's optimiser and loss: Adam (``optimizer='adam'``) or a soft-label ``loss_fn`` train
+sequentially, whatever ``mode`` says (the vectorised path implements SGD on hard-label
+cross-entropy only).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods.errors import MethodError
-from methods.training import sgd, train_epoch
+from methods.training import LossFn, make_optimizer, train_epoch
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 MODES = ("auto", "sequential", "vectorized")
@@ -95,6 +98,8 @@ def train_ensemble(
     mode: Mode = "auto",
     bf16: bool = False,
     max_images: int = 4096,
+    optimizer: str = "sgd",
+    loss_fn: Optional[LossFn] = None,
 ) -> str:
     """Train every network of ``nets`` in place on (``images``, ``labels``); return the mode used.
 
@@ -104,14 +109,18 @@ def train_ensemble(
     forward passes under bfloat16 autocast. The vectorised path trains the networks in groups
     of at most ``max_images // batch`` networks (batch = min(batch_size, len(images))): vmap
     keeps every network's activations at once (20 ConvNet-128 at IPC 10 on 3x32x32 peaked at
-    8.5 GiB in one group on the CPU); groups change nothing in the results."""
+    8.5 GiB in one group on the CPU); groups change nothing in the results. ``optimizer``
+    (``'sgd'`` or ``'adam'``, :func:`methods.training.make_optimizer`) and ``loss_fn`` (None =
+    hard-label cross-entropy; ``labels`` are then whatever it takes) other than the defaults
+    train sequentially."""
     if len(nets) != len(generators):
         raise MethodError(f"train_ensemble got {len(nets)} networks but {len(generators)} generators")
     if not nets:
         return "sequential"
     resolved = resolve_mode(mode, images.device, nets[0])
-    if resolved == "sequential" or len(nets) == 1:
-        _train_sequential(nets, generators, images, labels, schedule, momentum, weight_decay, batch_size, augment, bf16)
+    if resolved == "sequential" or len(nets) == 1 or optimizer != "sgd" or loss_fn is not None:
+        _train_sequential(nets, generators, images, labels, schedule, momentum, weight_decay, batch_size, augment, bf16,
+                          optimizer, loss_fn)
         return "sequential"
     per_group = max(1, int(max_images) // max(1, min(batch_size, images.shape[0])))
     for start in range(0, len(nets), per_group):
@@ -121,14 +130,20 @@ def train_ensemble(
     return "vectorized"
 
 
-def _train_sequential(nets, generators, images, labels, schedule, momentum, weight_decay, batch_size, augment, bf16) -> None:
+def _train_sequential(nets, generators, images, labels, schedule, momentum, weight_decay, batch_size, augment, bf16,
+                      optimizer_name="sgd", loss_fn=None) -> None:
     for net, g in zip(nets, generators):
         optimizer = None
         for lr, new in schedule:
             if new or optimizer is None:
-                optimizer = sgd(net.parameters(), lr, momentum=momentum, weight_decay=weight_decay)
+                optimizer = make_optimizer(optimizer_name, net.parameters(), lr, momentum=momentum,
+                                           weight_decay=weight_decay)
+            else:  # a schedule that changes lr without a new optimiser (cosine)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
             with autocast_context(images.device, bf16):
-                train_epoch(net, images, labels, optimizer, batch_size=batch_size, generator=g, augment=augment)
+                train_epoch(net, images, labels, optimizer, batch_size=batch_size, generator=g, augment=augment,
+                            loss_fn=loss_fn)
 
 
 def _train_vectorized(nets, generators, images, labels, schedule, momentum, weight_decay, batch_size, augment, bf16) -> None:

@@ -4,6 +4,11 @@ A synthetic set is saved with :func:`torch.save` as a dict of plain tensors and 
 magic string and a format version first) and read back with ``torch.load(weights_only=True)``,
 so loading a file never runs code. Foreign, corrupt or newer-format files raise
 :class:`~methods.errors.SyntheticSetFormatError` with a one-line reason.
+
+Format 2 stores the set's evaluation plan (:class:`~methods.protocol.EvalPlan`, as a dict),
+optional per-image soft labels, a learned learning rate and ZCA whitening. Format-1 files (an
+``eval_defaults`` dict instead of the plan) still load and evaluate exactly as before
+(:meth:`~methods.protocol.EvalPlan.from_eval_defaults`).
 """
 
 from __future__ import annotations
@@ -11,15 +16,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 from torch import Tensor
 
-from methods.errors import SyntheticSetFormatError
+from methods.errors import MethodError, SyntheticSetFormatError
+from methods.zca import ZCA
+
+if TYPE_CHECKING:  # methods.protocol imports the registry, which imports this module
+    from methods.protocol import EvalPlan
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of the on-disk :class:`SyntheticSet` format. Bump when the layout changes."""
 
 _SYNSET_MAGIC = "condensation-bench/synthetic-set"
@@ -32,9 +41,12 @@ class SyntheticSet:
     ``config`` is the method's full config as plain values, ``cost`` holds cost figures
     (``wall_time_s``, ``peak_memory_mb``, ``iterations`` and method-specific counters such as
     ``image_steps``, ``inner_epochs``, ``cap_fired``). ``indices`` are the chosen training-set
-    indices for coresets (None for learned sets). ``eval_defaults`` tells the evaluation
-    protocol how the method's own paper evaluated it (``dsa``: train with DSA augmentation,
-    ``dsa_strategy``, ``epochs_no_aug``: epochs when no augmentation is active).
+    indices for coresets (None for learned sets). ``eval_plan`` tells the evaluator how to
+    evaluate the set (None = the default :class:`~methods.protocol.EvalPlan`); a method sets it
+    to its paper's protocol. ``soft_labels`` (N, num_classes) are per-image label logits,
+    ``learned_lr`` a learning rate learned with the set, ``zca`` the whitening the images live
+    in; the plan decides whether evaluation uses them (``labels='soft'``,
+    ``lr_source='learned'``, ``zca=True``).
     """
 
     images: Tensor
@@ -50,8 +62,33 @@ class SyntheticSet:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     class_names: Optional[tuple[str, ...]] = None
-    eval_defaults: dict[str, Any] = field(default_factory=dict)
+    eval_plan: Optional["EvalPlan"] = None
     extra: dict[str, Any] = field(default_factory=dict)
+    soft_labels: Optional[Tensor] = None
+    learned_lr: Optional[float] = None
+    zca: Optional[ZCA] = None
+
+    def __post_init__(self) -> None:
+        from methods.protocol import EvalPlan
+
+        if self.eval_plan is None:
+            self.eval_plan = EvalPlan()
+        elif isinstance(self.eval_plan, Mapping):
+            self.eval_plan = EvalPlan.from_dict(self.eval_plan)
+        if self.soft_labels is not None:
+            n = int(self.images.shape[0])
+            if self.soft_labels.ndim != 2 or tuple(self.soft_labels.shape) != (n, int(self.num_classes)):
+                raise SyntheticSetFormatError(
+                    f"soft labels must have shape ({n}, {self.num_classes}) (images x classes), "
+                    f"got {tuple(self.soft_labels.shape)}"
+                )
+        if self.learned_lr is not None:
+            self.learned_lr = float(self.learned_lr)
+
+    @property
+    def eval_defaults(self) -> dict[str, Any]:
+        """The format-1 summary of :attr:`eval_plan` (``dsa``, ``dsa_strategy``, ``epochs_no_aug``)."""
+        return self.eval_plan.eval_defaults()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors and primitives only, loadable with ``weights_only=True``."""
@@ -71,8 +108,11 @@ class SyntheticSet:
             "mean": [float(m) for m in self.mean],
             "std": [float(s) for s in self.std],
             "class_names": None if self.class_names is None else list(self.class_names),
-            "eval_defaults": plain(self.eval_defaults),
+            "eval_plan": plain(self.eval_plan.to_dict()),
             "extra": plain(self.extra),
+            "soft_labels": None if self.soft_labels is None else self.soft_labels.detach().cpu().float().contiguous(),
+            "learned_lr": None if self.learned_lr is None else float(self.learned_lr),
+            "zca": None if self.zca is None else self.zca.to_dict(),
         }
 
     @classmethod
@@ -83,12 +123,18 @@ class SyntheticSet:
                 "(make one with `python -m benchmarks condense ...`)"
             )
         version = d.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
             raise SyntheticSetFormatError(
                 f"{source} was written by a newer format version ({version}) than this code "
                 f"understands ({FORMAT_VERSION}); upgrade the suite to read it"
             )
+        from methods.protocol import EvalPlan
+
         try:
+            if version == 1:
+                plan = EvalPlan.from_eval_defaults(d.get("eval_defaults") or {})
+            else:
+                plan = EvalPlan.from_dict(d.get("eval_plan") or {})
             return cls(
                 images=d["images"],
                 labels=d["labels"],
@@ -103,10 +149,13 @@ class SyntheticSet:
                 mean=tuple(d.get("mean") or ()),
                 std=tuple(d.get("std") or ()),
                 class_names=None if d.get("class_names") is None else tuple(d["class_names"]),
-                eval_defaults=dict(d.get("eval_defaults") or {}),
+                eval_plan=plan,
                 extra=dict(d.get("extra") or {}),
+                soft_labels=d.get("soft_labels"),
+                learned_lr=d.get("learned_lr"),
+                zca=None if d.get("zca") is None else ZCA.from_dict(d["zca"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, MethodError) as exc:
             raise SyntheticSetFormatError(f"{source} is a corrupt synthetic set: {exc}") from exc
 
     def save(self, path: str | Path) -> Path:

@@ -16,6 +16,39 @@ from torch import Tensor, nn
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 """An augmentation applied to each training minibatch: ``aug(x, generator) -> x'``."""
 
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""A training loss ``loss(outputs, targets) -> scalar`` over one minibatch."""
+
+
+def soft_cross_entropy(outputs: Tensor, target_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Cross-entropy against soft targets: ``mean_i -sum_c p_ic log q_ic`` with
+    ``p = softmax(target_logits / T)`` and ``q = softmax(outputs / T)`` (batched)."""
+    t = float(temperature)
+    targets = F.softmax(target_logits.float() / t, dim=1)
+    return -(targets * F.log_softmax(outputs.float() / t, dim=1)).sum(1).mean()
+
+
+def kl_divergence(outputs: Tensor, target_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """``T**2 * KL(p || q)`` per image, averaged over the batch, with ``p = softmax(target /
+    T)``, ``q = softmax(outputs / T)`` (Hinton et al. 2015, §2: the ``T**2`` keeps gradient
+    magnitudes comparable across temperatures)."""
+    t = float(temperature)
+    log_p = F.log_softmax(target_logits.float() / t, dim=1)
+    log_q = F.log_softmax(outputs.float() / t, dim=1)
+    return (t * t) * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+
+
+def make_loss(name: str, temperature: float = 1.0) -> Optional[LossFn]:
+    """The loss named by an evaluation plan: None for ``'ce'`` (``train_epoch``'s hard-label
+    cross-entropy), else the soft-label loss with ``temperature``."""
+    if name == "ce":
+        return None
+    if name == "soft_ce":
+        return lambda out, target: soft_cross_entropy(out, target, temperature)
+    if name == "kl":
+        return lambda out, target: kl_divergence(out, target, temperature)
+    raise ValueError(f"unknown loss '{name}'; valid: ce, soft_ce, kl")
+
 
 def train_epoch(
     net: nn.Module,
@@ -26,11 +59,14 @@ def train_epoch(
     batch_size: int,
     generator: torch.Generator,
     augment: Optional[Augment] = None,
+    loss_fn: Optional[LossFn] = None,
 ) -> tuple[float, float]:
     """One shuffled epoch of cross-entropy training (the reference ``epoch('train', ...)``).
 
     Returns (mean loss, accuracy) over the epoch. The permutation and any augmentation draws
-    come from ``generator`` (CPU), so the epoch is reproducible on every device.
+    come from ``generator`` (CPU), so the epoch is reproducible on every device. ``labels``
+    are class ids for the default hard-label cross-entropy; with ``loss_fn`` they are whatever
+    it takes (e.g. (N, classes) soft-label logits; accuracy then compares with their arg-max).
     """
     net.train()
     n = images.shape[0]
@@ -43,12 +79,12 @@ def train_epoch(
         if augment is not None:
             x = augment(x, generator)
         out = net(x)
-        loss = F.cross_entropy(out, y)
+        loss = F.cross_entropy(out, y) if loss_fn is None else loss_fn(out, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_sum += loss.detach() * y.shape[0]
-        correct += (out.detach().argmax(1) == y).sum()
+        correct += (out.detach().argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum()
     return float(loss_sum) / n, float(correct) / n
 
 
@@ -71,3 +107,17 @@ def accuracy(net: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int 
 
 def sgd(params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(name: str, params, lr: float, *, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """``'sgd'`` (:func:`sgd`, with ``momentum``) or ``'adam'`` (default betas; ``momentum`` is
+    SGD's and not used; ``weight_decay`` is Adam's L2 term)."""
+    if name == "sgd":
+        return sgd(params, lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}'; valid: {', '.join(OPTIMIZERS)}")

@@ -15,12 +15,13 @@ from benchmarks.evaluate import (
     EvalResult,
     EvaluationError,
     evaluate_synset,
+    effective_plan,
     evaluate_whole_dataset,
-    evaluation_plan,
     lr_schedule,
     network_seed,
     train_and_test,
 )
+from methods.protocol import EvalPlan
 from methods.realdata import ClassData
 from methods.synset import SyntheticSet
 from tests.conftest import make_classdata
@@ -40,10 +41,10 @@ def _dataset(num_classes=4, per_class=30, channel=1, size=16, seed=0, name="blob
                    full.mean, full.std, tuple(str(i) for i in range(num_classes)))
 
 
-def _synset(ds: Dataset, ipc: int, eval_defaults=None, method="random") -> SyntheticSet:
+def _synset(ds: Dataset, ipc: int, plan: EvalPlan = EvalPlan(), method="random", **kw) -> SyntheticSet:
     idx = torch.cat([ix[:ipc] for ix in ds.train.indices_by_class])
     return SyntheticSet(ds.train.images[idx], ds.train.labels[idx], method, {}, 0, ipc, ds.num_classes,
-                        dataset=ds.name, eval_defaults=eval_defaults or {"dsa": False, "epochs_no_aug": 300})
+                        dataset=ds.name, eval_plan=plan, **kw)
 
 
 # -- schedule ---------------------------------------------------------------------------------
@@ -61,10 +62,10 @@ def test_lr_schedule_drops_after_epoch_half_plus_one():
 def test_training_recreates_the_optimizer_and_resets_momentum(monkeypatch):
     ds = _dataset()
     created, used = [], []
-    real_sgd, real_train_epoch = ev.sgd, ev.train_epoch
+    real_make, real_train_epoch = ev.make_optimizer, ev.train_epoch
 
-    def spy_sgd(params, lr, momentum=0.0, weight_decay=0.0):
-        opt = real_sgd(params, lr, momentum=momentum, weight_decay=weight_decay)
+    def spy_make(name, params, lr, momentum=0.0, weight_decay=0.0):
+        opt = real_make(name, params, lr, momentum=momentum, weight_decay=weight_decay)
         created.append((opt, lr, len(opt.state)))
         return opt
 
@@ -72,7 +73,7 @@ def test_training_recreates_the_optimizer_and_resets_momentum(monkeypatch):
         used.append(optimizer)
         return real_train_epoch(net, images, labels, optimizer, **kw)
 
-    monkeypatch.setattr(ev, "sgd", spy_sgd)
+    monkeypatch.setattr(ev, "make_optimizer", spy_make)
     monkeypatch.setattr(ev, "train_epoch", spy_train_epoch)
     train_and_test(ds.train.images, ds.train.labels, ds.test_images, ds.test_labels, "ConvNetW32",
                    num_classes=4, channel=1, im_size=(16, 16), epochs=6, seed=0, net_index=0,
@@ -89,6 +90,11 @@ def test_training_recreates_the_optimizer_and_resets_momentum(monkeypatch):
 # -- plan -------------------------------------------------------------------------------------
 
 
+def evaluation_plan(eval_defaults, arch, dataset, epochs=None):
+    r = effective_plan(EvalPlan.from_eval_defaults(eval_defaults), arch, dataset, epochs=epochs)
+    return r.epochs, r.augmentation
+
+
 def test_evaluation_plan_follows_the_reference_rule():
     assert evaluation_plan({"dsa": False, "epochs_no_aug": 300}, "ConvNet", "cifar10") == (300, "none")
     assert evaluation_plan({"dsa": False, "epochs_no_aug": 600}, "ConvNet", "cifar10") == (600, "none")
@@ -99,6 +105,8 @@ def test_evaluation_plan_follows_the_reference_rule():
     assert evaluation_plan({}, "ConvNetBN", "cifar10") == (1000, "dc:crop_noise")
     assert evaluation_plan({}, "ConvNet", "digits") == (300, "none")
     assert evaluation_plan({"epochs_no_aug": 600}, "ConvNet", "mnist", epochs=5) == (5, "dc:crop_scale_rotate")
+    with pytest.raises(EvaluationError, match="epochs must be >= 0"):
+        evaluation_plan({}, "ConvNet", "mnist", epochs=-1)
     assert dc_strategy("svhn", "ResNet18") is None
 
 
@@ -159,7 +167,7 @@ def test_incompatible_synset_is_rejected():
 @pytest.mark.skipif(importlib.util.find_spec("methods.augment") is None, reason="methods.augment (DSA) not present")
 def test_dsa_defaults_train_with_dsa(monkeypatch):
     ds = _dataset()
-    syn = _synset(ds, 2, eval_defaults={"dsa": True, "dsa_strategy": "color_crop_cutout_scale_rotate"})
+    syn = _synset(ds, 2, EvalPlan(dsa=True, dsa_strategy="color_crop_cutout_scale_rotate"))
     seen = []
     real = ev.make_augment
 

@@ -12,6 +12,7 @@ from methods import available_methods, get_method
 from methods.config import MethodConfig, build_config, config_problems
 from methods.context import MemoryCheckpointStore, RunContext, StopRequested
 from methods.errors import MethodError, SyntheticSetFormatError
+from methods.protocol import EvalPlan
 from methods.realdata import ClassData
 from methods.synset import FORMAT_VERSION, SyntheticSet
 from tests.conftest import make_classdata
@@ -32,7 +33,7 @@ def _synset() -> SyntheticSet:
         mean=(0.5,),
         std=(0.25,),
         class_names=("zero", "one"),
-        eval_defaults={"dsa": False, "dsa_strategy": None, "epochs_no_aug": 300},
+        eval_plan=EvalPlan(epochs_no_aug=600),
     )
 
 
@@ -46,7 +47,7 @@ def test_synthetic_set_round_trips_with_weights_only(tmp_path):
     assert torch.equal(t.indices, s.indices)
     assert t.config == {"a": 1, "nested": {"t": [1, 2]}}
     assert (t.method, t.seed, t.ipc, t.dataset, t.class_names) == ("random", 3, 2, "digits", ("zero", "one"))
-    assert t.cost == {"wall_time_s": 1.5} and t.eval_defaults["epochs_no_aug"] == 300
+    assert t.cost == {"wall_time_s": 1.5} and t.eval_plan == EvalPlan(epochs_no_aug=600)
 
 
 def test_loading_garbage_gives_clear_error(tmp_path):
