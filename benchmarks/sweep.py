@@ -7,6 +7,13 @@ evaluation networks, budgets, the output folder and the cluster profile. :func:`
 checks the *whole* spec before anything runs and raises :class:`SpecError` listing every problem
 with its YAML path (``methods[2].discrimination_weight: unknown config key ...``).
 
+Evaluation-plan overrides (``eval:``, a mapping of :class:`methods.protocol.EvalPlan` fields,
+e.g. ``{selection: best_val}`` or ``{lr: 0.02}``) can be set for the whole sweep and per method
+entry; an entry's keys win over the sweep's. They are checked with
+:func:`methods.protocol.plan_problems`, stored canonicalised on each :class:`Cell` (``eval``)
+and handed to the evaluator by the worker. ``eval: {epochs: N}`` and ``budgets.eval_epochs``
+set the same thing; a spec may use one of them per method.
+
 A **cell** is one condensation run: (dataset, IPC, method + overrides, seed) plus the budgets
 that change its result. Evaluation architectures are *not* part of a cell's identity: each cell
 is evaluated on every architecture of ``eval_archs`` and writes one record per architecture, so
@@ -15,8 +22,9 @@ adding an architecture later evaluates only the missing ones, reusing the stored
 Cell ids (:func:`cell_id`): the first 12 hex digits of the SHA-1 of the canonical JSON of every
 field that affects results -- dataset, ipc, method, canonicalised overrides (values normalised
 through the method's typed config, so ``0`` and ``0.0`` for a float field are the same cell),
-seed, iterations, num_eval, eval_epochs and the condensation architecture. The label, the
-output folder, the profile and the executor do not enter the id. The special method ``whole``
+seed, iterations, num_eval, eval_epochs, the condensation architecture and, only when there are
+any, the evaluation-plan overrides (so cells of a sweep without ``eval:`` keep their ids). The
+label, the output folder, the profile and the executor do not enter the id. The special method ``whole``
 is the whole-dataset baseline (no condensation; ``ipc`` is null).
 
 Relative paths in a spec (``output``, ``data_root``, ``tensor:`` datasets) are resolved against
@@ -60,6 +68,7 @@ TOP_KEYS = {
     "seeds": "list of integer seeds",
     "num_eval": "number of evaluation networks per (cell, architecture)",
     "budgets": "{iterations: int|null, eval_epochs: int|null}",
+    "eval": "evaluation-plan overrides {field: value} for every method (methods.protocol.EvalPlan)",
     "output": "results folder",
     "profile": "cluster profile: name of slurm/<name>.yaml or a path",
     "data_root": "folder with the datasets",
@@ -67,7 +76,7 @@ TOP_KEYS = {
     "device": "auto | cpu | cuda | cuda:N | mps",
 }
 BUDGET_KEYS = ("iterations", "eval_epochs")
-METHOD_ENTRY_KEYS = ("method", "label", "budgets")
+METHOD_ENTRY_KEYS = ("method", "label", "budgets", "eval")
 ARCH_FIELDS = ("model", "feature_net", "net", "arch")
 """Config fields naming the network a method condenses with (first one present wins)."""
 
@@ -105,11 +114,15 @@ class Cell:
     eval_epochs: Optional[int]
     iterations: Optional[int]
     train_arch: Optional[str]
+    eval: Mapping[str, Any] = field(default_factory=dict)
+    """Evaluation-plan overrides (``methods.protocol.EvalPlan`` fields, canonical values) that
+    the worker hands the evaluator; empty: the method's own plan."""
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["overrides"] = dict(self.overrides)
         d["eval_archs"] = list(self.eval_archs)
+        d["eval"] = dict(self.eval)
         return d
 
     @classmethod
@@ -119,7 +132,7 @@ class Cell:
             label=d["label"], overrides=dict(d.get("overrides") or {}), seed=int(d["seed"]),
             eval_archs=tuple(d["eval_archs"]), num_eval=int(d["num_eval"]),
             eval_epochs=d.get("eval_epochs"), iterations=d.get("iterations"),
-            train_arch=d.get("train_arch"),
+            train_arch=d.get("train_arch"), eval=dict(d.get("eval") or {}),
         )
 
     @property
@@ -134,14 +147,21 @@ class Cell:
 def id_fields(
     *, dataset: str, ipc: Optional[int], method: str, overrides: Mapping[str, Any], seed: int,
     iterations: Optional[int], num_eval: int, eval_epochs: Optional[int], train_arch: Optional[str],
+    eval: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
-    """The fields a cell id is computed from (everything that affects the results)."""
-    return {
+    """The fields a cell id is computed from (everything that affects the results).
+
+    The evaluation-plan overrides enter only when there are any, so every cell of a sweep
+    without ``eval:`` keeps the id it had before the key existed."""
+    fields = {
         "v": ID_VERSION, "dataset": dataset, "ipc": ipc, "method": method,
         "overrides": {k: overrides[k] for k in sorted(overrides)}, "seed": seed,
         "iterations": iterations, "num_eval": num_eval, "eval_epochs": eval_epochs,
         "train_arch": train_arch,
     }
+    if eval:
+        fields["eval"] = {k: eval[k] for k in sorted(eval)}
+    return fields
 
 
 def cell_id(**fields: Any) -> str:
@@ -286,6 +306,7 @@ class _MethodEntry:
     iterations: Optional[int]
     eval_epochs: Optional[int]
     train_arch: Optional[str]
+    eval: dict[str, Any]
 
 
 class _Validator:
@@ -300,6 +321,7 @@ class _Validator:
         self.output = Path("results")
         self.data_root = Path("data")
         self.profile: Optional[ClusterProfile] = None
+        self.eval: dict[str, Any] = {}
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
@@ -337,6 +359,7 @@ class _Validator:
             num_eval = 1
         budgets = s.get("budgets") or {}
         iterations, eval_epochs = self._budgets(budgets, "budgets", None, None)
+        self.eval = self._eval_overrides(s.get("eval", {}), "eval", {}, eval_epochs) or {}
 
         seeds = []
         for i, seed in enumerate(_as_list(s.get("seeds", [0]))):
@@ -489,11 +512,16 @@ class _Validator:
             self.add(f"{where}.label", f"must be a string, got {label!r}")
             label = None
         it, ep = self._budgets(m.get("budgets") or {}, f"{where}.budgets", iterations, eval_epochs)
+        own_eval = m.get("eval", {})
+        plan = self._eval_overrides(own_eval, f"{where}.eval", self.eval, ep)
+        if plan is None:
+            return None
         overrides = {k: v for k, v in m.items() if k not in METHOD_ENTRY_KEYS}
         if name == WHOLE:
             for k in overrides:
                 self.add(f"{where}.{k}", "the whole-dataset baseline takes no config overrides")
-            return _MethodEntry(where, WHOLE, label or "whole dataset", {}, None, ep, None)
+            return _MethodEntry(where, WHOLE, label or "whole dataset" + _eval_suffix(own_eval, plan),
+                                {}, None, ep, None, plan)
         valid = available_methods()
         if name not in valid:
             self.add(f"{where}.method", f"unknown method '{m['method']}'; valid methods: "
@@ -534,7 +562,37 @@ class _Validator:
         if label is None:
             label = name if not canonical else name + "(" + ", ".join(
                 f"{k}={v}" for k, v in sorted(canonical.items()) if k not in base) + ")"
-        return _MethodEntry(where, name, label, canonical, it, ep, arch)
+            label += _eval_suffix(own_eval, plan)
+        return _MethodEntry(where, name, label, canonical, it, ep, arch, plan)
+
+    def _eval_overrides(self, raw: Any, where: str, inherited: Mapping[str, Any],
+                        eval_epochs: Optional[int]) -> Optional[dict[str, Any]]:
+        """``inherited`` updated with the overrides ``raw`` (``eval:`` of the spec or of a method
+        entry: the entry's keys win), checked by ``methods.protocol.plan_problems`` and with
+        canonical values; None (problems added) when they are invalid."""
+        from methods.protocol import EvalPlan, apply_overrides, plan_problems
+
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.add(where, f"must be a mapping of evaluation-plan overrides {{field: value}}, got {raw!r}")
+            return None
+        merged = {**inherited, **{str(k): v for k, v in raw.items()}}
+        if not merged:
+            return {}
+        problems = plan_problems(merged)
+        for problem in problems:
+            key = re.search(r"key '([^']+)'", problem) or re.match(r"(\w+)[: ]", problem)
+            name = key.group(1) if key else None
+            self.add(f"{where}.{name}" if name in merged and name in raw else where, problem)
+        if "epochs" in merged and eval_epochs is not None:
+            self.add(f"{where}.epochs" if "epochs" in raw else where,
+                     f"sets the evaluation epochs that budgets.eval_epochs={eval_epochs} sets too; keep one")
+            return None
+        if problems:
+            return None
+        full = apply_overrides(EvalPlan(), merged).to_dict()
+        return {k: full[k] for k in sorted(merged)}
 
     def _expand(self, datasets, ipcs, entries, seeds, eval_archs, num_eval) -> list[Cell]:
         cells: list[Cell] = []
@@ -551,7 +609,7 @@ class _Validator:
                     for seed in seeds:
                         fields = dict(dataset=dataset, ipc=ipc, method=e.method, overrides=e.overrides,
                                       seed=seed, iterations=e.iterations, num_eval=num_eval,
-                                      eval_epochs=e.eval_epochs, train_arch=e.train_arch)
+                                      eval_epochs=e.eval_epochs, train_arch=e.train_arch, eval=e.eval)
                         cid = cell_id(**fields)
                         if cid in seen:
                             if seen[cid] != e.where:
@@ -562,6 +620,15 @@ class _Validator:
                         cells.append(Cell(cell_id=cid, label=e.label, eval_archs=tuple(eval_archs),
                                           **fields))
         return [] if self.problems else cells
+
+
+def _eval_suffix(own: Any, plan: Mapping[str, Any]) -> str:
+    """The default-label part naming a method entry's own evaluation overrides (the spec-wide
+    ones apply to every line and are left out)."""
+    keys = sorted(str(k) for k in own) if isinstance(own, dict) else []
+    if not keys:
+        return ""
+    return " [eval: " + ", ".join(f"{k}={plan[k]}" for k in keys if k in plan) + "]"
 
 
 def _unwritable(path: Path) -> Optional[str]:

@@ -17,7 +17,7 @@ from benchmarks import UserError
 from benchmarks.profile import ClusterProfile, IpcScaling, ProfileError, load_profile, resolve_profile_path
 from benchmarks.run_options import RunOptions
 from benchmarks.store import Store, atomic_write_json
-from benchmarks.sweep import SpecError, build_sweep, cell_id, load_sweep, SWEEP_DIR
+from benchmarks.sweep import Cell, SpecError, build_sweep, cell_id, load_sweep, SWEEP_DIR
 
 
 def spec(tmp_path: Path, **changes) -> dict:
@@ -170,6 +170,11 @@ BAD_SPECS = [
     ("duplicate method line", {"methods": ["random", {"method": "random", "label": "again"}]}, "methods[1]",
      "same cells as methods[0]"),
     ("missing required", {"datasets": None}, "datasets", "required"),
+    ("unknown eval plan key", {"eval": {"lrr": 0.1}}, "eval.lrr", "unknown eval plan key 'lrr'"),
+    ("bad eval plan value", {"methods": ["random", {"method": "dm", "eval": {"momentum": 1.5}}]},
+     "methods[1].eval.momentum", "momentum must be in [0, 1)"),
+    ("eval plan not a mapping", {"eval": ["lr", 0.1]}, "eval", "must be a mapping"),
+    ("eval epochs and the epoch budget", {"eval": {"epochs": 5}}, "eval.epochs", "budgets.eval_epochs=2"),
 ]
 
 
@@ -625,3 +630,54 @@ def test_local_executor_runs_at_most_parallel_cells_of_its_own(tmp_path):
     theirs = executors.Submitted(cell, "slurm", "2_0", ["ConvNet"], reattached=True)
     assert local.capacity([]) == 2 and local.capacity([mine]) == 1 and local.capacity([mine, mine]) == 0
     assert local.capacity([theirs, theirs, mine]) == 1  # re-attached jobs do not count
+
+
+# -- evaluation-plan overrides (eval:) --------------------------------------------------------------
+
+# The ids of spec()'s cells before the eval key existed: a sweep without eval keeps them.
+IDS_BEFORE_EVAL_KEY = ['c893ad63dbfd', '1f14ed449758', 'dffb67114fb5', 'd3fc4d3b6a15', '6e5b4794157c',
+                       'cc31f1367f57', 'b8f3095ea98d', '34ba33c93fc5', '57de6f522010', '611138bde337']
+
+
+def test_a_sweep_without_eval_keeps_its_cell_ids(tmp_path):
+    sw = build_sweep(spec(tmp_path))
+    assert ids(sw) == IDS_BEFORE_EVAL_KEY
+    assert all(c.eval == {} for c in sw.cells)
+    assert ids(build_sweep(spec(tmp_path, eval={}))) == IDS_BEFORE_EVAL_KEY
+    old = sw.cells[0].to_json()
+    assert old["eval"] == {}
+    del old["eval"]  # a cells.json written before the key existed
+    assert Cell.from_json(old) == sw.cells[0]
+
+
+def test_eval_overrides_are_validated_merged_per_entry_and_stored_in_cells(tmp_path):
+    data = spec(tmp_path, ipcs=[1], seeds=[0], eval={"lr": 1, "selection": "best_val"},
+                methods=["random", {"method": "dm", "eval": {"lr": 0.05, "weight_decay": 0}}, "whole"],
+                budgets={"iterations": 3})
+    sw = build_sweep(data)
+    by_method = {c.method: c for c in sw.cells}
+    assert by_method["random"].eval == {"lr": 1.0, "selection": "best_val"}  # canonical: 1 -> 1.0
+    assert by_method["dm"].eval == {"lr": 0.05, "selection": "best_val", "weight_decay": 0.0}  # the entry wins
+    assert by_method["whole"].eval == {"lr": 1.0, "selection": "best_val"}
+    assert by_method["dm"].label == "dm [eval: lr=0.05, weight_decay=0.0]" and by_method["random"].label == "random"
+    # in cells.json and back
+    store = Store(sw.output)
+    store.init(sw.name, sw.spec_text, [c.to_json() for c in sw.cells])
+    _, raw = store.read_cells()
+    assert [Cell.from_json(c) for c in raw] == sw.cells
+    # the overrides enter the ids (and only they differ here)
+    plain = build_sweep({**data, "eval": None, "methods": ["random", "dm", "whole"]})
+    assert not set(ids(sw)) & set(ids(plain))
+    assert ids(build_sweep({**data, "eval": {"selection": "best_val", "lr": 1.0}})) == ids(sw)  # order, 1 vs 1.0
+    # two entries differing only in their evaluation are two lines
+    two = build_sweep({**data, "eval": None, "methods": ["dm", {"method": "dm", "eval": {"selection": "best_val"}}]})
+    assert len({c.cell_id for c in two.cells}) == 2 and len({c.label for c in two.cells}) == 2
+
+
+def test_every_eval_problem_is_reported_with_its_path(tmp_path):
+    bad = spec(tmp_path, eval={"optimizer": "rmsprop"},
+               methods=["random", {"method": "dm", "eval": {"bogus": 1}}, {"method": "dc", "eval": 3}])
+    with pytest.raises(SpecError) as err:
+        build_sweep(bad)
+    paths = [p.split(":")[0] for p in err.value.problems]
+    assert paths == ["eval.optimizer", "methods[1].eval.bogus", "methods[2].eval"], err.value.problems
