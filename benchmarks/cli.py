@@ -6,7 +6,11 @@ Subcommands: ``condense`` (one method, dataset, IPC, seed -> a synthetic-set ``.
 (``run``/``status``/``cancel``) come from :mod:`benchmarks.sweep_cli` when it is installed.
 
 Errors the user can fix (unknown names, impossible IPC, missing data, unreadable files, bad
-``--set``) print one line to stderr and exit with status 2, without a traceback.
+``--set`` / ``--eval-set``) print one line to stderr and exit with status 2, without a traceback.
+
+``evaluate`` and ``whole`` run the set's evaluation plan (:mod:`methods.protocol`);
+``--eval-set KEY=VALUE`` overrides one field of it (validated before anything runs) and
+``--explain`` prints the effective plan per architecture and exits without training.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
@@ -57,10 +61,16 @@ examples:
   condbench evaluate synsets/random_digits_ipc10_seed0.pt
   condbench evaluate syn.pt --arch ConvNet,ResNet18 --arch LeNet --num-eval 20 --json res.json
   condbench evaluate syn.pt --epochs 50 --num-eval 2      # quick check, not the protocol
+  condbench evaluate syn.pt --eval-set optimizer=adam --eval-set lr=0.001 --explain
+  condbench evaluate syn.pt --eval-set selection=best_val --eval-set val_fraction=0.1
 
-The protocol is the reference evaluate_synset: fresh networks, SGD lr 0.01 (x0.1 after epoch
-E//2+1, optimiser re-created), final-epoch test accuracy. Epochs default to the method's rule
-(1000 with DSA/DC augmentation, else 300; 600 for CAFE).
+The protocol is the set's evaluation plan; by default the reference evaluate_synset: fresh
+networks, SGD lr 0.01 (x0.1 after epoch E//2+1, optimiser re-created), final-epoch test
+accuracy. Epochs default to the method's rule (1000 with DSA/DC augmentation, else 300; 600 for
+CAFE, 1000 for DM). --eval-set KEY=VALUE changes one field of the plan (YAML value; keys:
+labels, loss, temperature, lr, lr_source, optimizer, momentum, weight_decay, batch_size,
+schedule, epochs, epochs_no_aug, epochs_with_aug, augmentation, dsa, dsa_strategy, zca,
+selection, val_fraction); --explain prints the effective plan and exits without training.
 """
 
 
@@ -69,19 +79,41 @@ E//2+1, optimiser re-created), final-epoch test accuracy. Epochs default to the 
 # --------------------------------------------------------------------------------------------
 
 
-def parse_overrides(items: Optional[Sequence[str]]) -> dict[str, Any]:
+def parse_overrides(items: Optional[Sequence[str]], flag: str = "--set") -> dict[str, Any]:
     """``["k=v", ...]`` -> ``{k: yaml(v)}``; raises :class:`UserError` on bad syntax."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+            raise UserError(f"{flag} expects KEY=VALUE, got '{item}'")
         try:
             out[key] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise UserError(f"--set {key}: value '{raw}' is not valid YAML ({str(exc).splitlines()[0]})") from exc
+            raise UserError(f"{flag} {key}: value '{raw}' is not valid YAML ({str(exc).splitlines()[0]})") from exc
     return out
+
+
+def parse_plan_overrides(items: Optional[Sequence[str]], base: Optional[Any] = None) -> dict[str, Any]:
+    """``--eval-set`` items -> validated evaluation-plan overrides (every problem in one line)."""
+    from methods.protocol import plan_problems
+
+    overrides = parse_overrides(items, "--eval-set")
+    problems = plan_problems(overrides, base)
+    if problems:
+        raise UserError("--eval-set: " + "; ".join(problems))
+    return overrides
+
+
+def format_plan_table(plans: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """The effective plans ``[(arch, plan dict), ...]`` as one table: a row per field, a column
+    per architecture."""
+    header = ["field", *(arch for arch, _ in plans)]
+    keys = list(plans[0][1]) if plans else []
+    rows = [[key, *("-" if d.get(key) is None else str(d.get(key)) for _, d in plans)] for key in keys]
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
 def parse_archs(items: Optional[Sequence[str]]) -> list[str]:
@@ -190,9 +222,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from benchmarks.pipeline import resolve_device
     from methods.synset import SyntheticSet
 
+    from benchmarks.evaluate import effective_plan
+
     archs = parse_archs(args.arch)
-    device = resolve_device(args.device)
     synset = SyntheticSet.load(args.synset)
+    plan_overrides = parse_plan_overrides(args.eval_set, synset.eval_plan)
+    name = _dataset_name(args.dataset or synset.dataset)
+    # resolved before any data is loaded: what the plan needs that the set lacks fails here
+    plans = [(arch, effective_plan(synset, arch, name, epochs=args.epochs,
+                                   plan_overrides=plan_overrides).to_dict()) for arch in archs]
+    if args.explain:
+        print(f"evaluation plan of {args.synset} ({synset.method}, IPC {synset.ipc}) on {name}"
+              + (f", overrides: {_overrides_text(plan_overrides)}" if plan_overrides else ""))
+        print(format_plan_table(plans))
+        return 0
+    device = resolve_device(args.device)
     if not args.dataset:
         try:
             canonical_dataset_name(synset.dataset)
@@ -204,8 +248,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset or synset.dataset, data_root=args.data_root, device=device,
                            download=args.download)
     results = [
-        evaluate_synset(synset, dataset, arch, num_eval=args.num_eval, epochs=args.epochs, seed=args.seed,
-                        device=device, progress=args.progress)
+        evaluate_synset(synset, dataset, arch, num_eval=args.num_eval, epochs=args.epochs,
+                        plan_overrides=plan_overrides, seed=args.seed, device=device, progress=args.progress)
         for arch in archs
     ]
     print(f"{synset.method} on {dataset.name}, IPC {synset.ipc} (synthetic-set seed {synset.seed})")
@@ -218,7 +262,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "ipc": synset.ipc,
         "synset_seed": synset.seed,
         "config": synset.config,
-        "eval_defaults": synset.eval_defaults,
+        "eval_plan": synset.eval_plan.to_dict(),
+        "plan_overrides": plan_overrides,
         "condense_cost": synset.cost,
         "eval_seed": args.seed,
         "code_version": _code_version(),
@@ -232,15 +277,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_whole(args: argparse.Namespace) -> int:
     from benchmarks.data import load_dataset
-    from benchmarks.evaluate import evaluate_whole_dataset
+    from benchmarks.evaluate import effective_plan, evaluate_whole_dataset
     from benchmarks.pipeline import resolve_device
+    from methods.protocol import EvalPlan
 
     archs = parse_archs(args.arch)
+    plan_overrides = parse_plan_overrides(args.eval_set, EvalPlan(epochs=args.epochs))
+    if args.explain:
+        name = _dataset_name(args.dataset)
+        plans = [(arch, effective_plan(EvalPlan(epochs=args.epochs), arch, name,
+                                       plan_overrides=plan_overrides).to_dict()) for arch in archs]
+        print(f"evaluation plan of the whole training set of {name}"
+              + (f", overrides: {_overrides_text(plan_overrides)}" if plan_overrides else ""))
+        print(format_plan_table(plans))
+        return 0
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset, data_root=args.data_root, device=device, download=args.download)
     results = [
-        evaluate_whole_dataset(dataset, arch, num_eval=args.num_eval, epochs=args.epochs, seed=args.seed,
-                               device=device, progress=args.progress)
+        evaluate_whole_dataset(dataset, arch, num_eval=args.num_eval, epochs=args.epochs,
+                               plan_overrides=plan_overrides, seed=args.seed, device=device,
+                               progress=args.progress)
         for arch in archs
     ]
     print(f"whole training set of {dataset.name} ({len(dataset.train)} images)")
@@ -256,6 +312,20 @@ def cmd_whole(args: argparse.Namespace) -> int:
         }
         print(f"wrote {write_json(record, args.json)}")
     return 0
+
+
+def _dataset_name(name: str) -> str:
+    """The canonical dataset name where the suite knows it (the plan's rules read it)."""
+    from benchmarks.data import DataError, canonical_dataset_name
+
+    try:
+        return canonical_dataset_name(name)
+    except DataError:
+        return name
+
+
+def _overrides_text(overrides: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items())
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -300,6 +370,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="show tqdm progress bars (default: when stderr is a terminal)")
 
 
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-set", action="append", metavar="KEY=VALUE",
+                   help="override one field of the evaluation plan (repeatable, YAML value), "
+                        "e.g. optimizer=adam, selection=best_val, augmentation=dsa:color_crop")
+    p.add_argument("--explain", action="store_true",
+                   help="print the effective evaluation plan per architecture and exit without training")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="condbench",
@@ -340,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation networks (0)")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the one recorded in the set")
     p.add_argument("--json", help="JSON record path (default: next to SYNSET, *.eval.json)")
+    _add_plan_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -354,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_non_negative, default=20, help="training epochs (20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the networks (0)")
     p.add_argument("--json", help="write a JSON record here")
+    _add_plan_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_whole)
 
