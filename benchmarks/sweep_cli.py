@@ -94,7 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             state = "done" if not missing else ("partial" if len(missing) < len(cell.eval_archs) else "to run")
             print(f"{cell.cell_id:12}  {cell.dataset[:12]:12} {str(cell.ipc or '-'):>5}  {cell.label[:34]:34} "
                   f"{cell.seed:>4}  {str(cell.iterations or 'dflt'):>6} {str(cell.eval_epochs or 'dflt'):>6}  "
-                  f"{','.join(cell.eval_archs)}  [{state}]")
+                  f"{','.join(cell.eval_archs)}  [{state}]"
+                  + ("  eval: " + ", ".join(f"{k}={v}" for k, v in cell.eval.items()) if cell.eval else ""))
         if args.executor == "slurm":
             slurm = executor_for("slurm", store, options)
             arrays = slurm.arrays(sweep.name, [(cell, list(cell.eval_archs)) for cell in sweep.cells])
