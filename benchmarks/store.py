@@ -18,15 +18,11 @@ Every file is written atomically: a uniquely named temp file in the same folder,
 fsync'ed, then ``os.replace`` -- a crash at any point leaves either the old file or the new one,
 never a partial record. Readers ignore the ``.*.tmp`` leftovers of a crash.
 
-A record (``schema_version`` 1)::
-
-    {"schema": "condensation-bench/record", "schema_version": 1, "status": "done",
-     "cell_id", "sweep", "dataset", "ipc", "method", "label", "overrides", "method_config",
-     "seed", "train_arch", "eval_arch", "num_eval", "eval_epochs", "eval_augmentation",
-     "accuracies": [fractions in 0..1], "cost": {"condense_wall_time_s", "condense_peak_memory_mb",
-     "eval_wall_time_s", "eval_peak_memory_mb", "eval_train_time_s", "eval_test_time_s",
-     ... the method's counters from synset.cost}, "synset_path": "synsets/<cell_id>.pt" | null,
-     "code_version", "host", "device", "created" (ISO-8601 UTC)}
+A record is a :class:`benchmarks.record.Record` (its module documents every field and the
+schema versions): the cell, the evaluation, the accuracies, the cost, and the registry metadata
+``analysis`` renders from (``method_info``, ``components``, ``variant_overrides``,
+``dataset_display``). ``cells.json`` carries the same metadata per planned cell
+(:func:`benchmarks.record.enrich_cell`), so missing cells are named like finished ones.
 """
 
 from __future__ import annotations
@@ -38,10 +34,9 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Union
 
-RECORD_SCHEMA = "condensation-bench/record"
-RECORD_SCHEMA_VERSION = 1
+from benchmarks.record import RECORD_SCHEMA, RECORD_SCHEMA_VERSION, Record, enrich_cell
 _ARCH_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -169,11 +164,15 @@ class Store:
     # -- sweep ------------------------------------------------------------------------------
     def init(self, sweep_name: str, spec_text: str, cells: list[Mapping[str, Any]]) -> None:
         """Create the folder and write spec.yaml and cells.json (atomically, replacing the
-        previous ones: records of cells no longer in the spec stay on disk for analysis)."""
+        previous ones: records of cells no longer in the spec stay on disk for analysis).
+
+        ``cells`` are ``Cell.to_json()`` dicts; each is written with its registry metadata
+        (:func:`benchmarks.record.enrich_cell`: method info, components, dataset display)."""
+        enriched = [enrich_cell(c) for c in cells]
         for sub in ("records", "synsets", "failures", "jobs", "checkpoints", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.root / "spec.yaml", spec_text.encode())
-        atomic_write_json(self.root / "cells.json", {"sweep": sweep_name, "cells": list(cells)})
+        atomic_write_json(self.root / "cells.json", {"sweep": sweep_name, "cells": enriched})
 
     def read_cells(self) -> tuple[str, list[dict[str, Any]]]:
         data = read_json(self.root / "cells.json")
@@ -194,8 +193,12 @@ class Store:
     def missing_archs(self, cell_id: str, archs: list[str]) -> list[str]:
         return [a for a in archs if not self.has_record(cell_id, a)]
 
-    def write_record(self, record: Mapping[str, Any]) -> Path:
-        rec = dict(record)
+    def write_record(self, record: Union[Record, Mapping[str, Any]]) -> Path:
+        """Write one record atomically (a :class:`Record`; a mapping gets the schema keys and
+        ``created`` filled in)."""
+        rec = record.to_json() if isinstance(record, Record) else dict(record)
+        if not rec.get("created"):
+            rec.pop("created", None)
         rec.setdefault("schema", RECORD_SCHEMA)
         rec.setdefault("schema_version", RECORD_SCHEMA_VERSION)
         rec.setdefault("status", "done")
