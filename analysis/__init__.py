@@ -1,9 +1,15 @@
 """Paper-style tables and figures from a condensation-bench results store.
 
-``load_results`` reads one or several results folders into a tidy DataFrame (no torch needed);
-``analysis.tables`` renders the main / cross-architecture / CAFE-ablation / cost tables as
-Markdown, LaTeX (booktabs) or CSV; ``analysis.figures`` draws the figures; ``write_report``
-writes everything plus a one-page ``report.md``. Command line: ``python -m analysis --help``.
+Modules: ``load`` reads one or several results folders into tidy DataFrames (no torch needed;
+records through :class:`benchmarks.record.Record`); ``render`` is the table model and its
+Markdown / LaTeX (booktabs) / CSV renderings; ``published`` the published numbers;
+``tables`` the main, cross-architecture and cost tables; ``ablation`` the ablation table;
+``figures`` the figures; ``report`` writes everything plus a one-page ``report.md``; ``cli``
+is the command line (``python -m analysis --help``).
+
+Everything printed about a method (name, order, family, ablation switches) comes from the
+registry metadata the suite wrote into the records and ``cells.json``: this package holds no
+method list.
 """
 
 from analysis.load import AnalysisError, Problem, Results, load_results, load_store

@@ -26,7 +26,7 @@ examples:
   # the paper's Table 1 as Markdown, with published numbers and the difference
   condbench-analysis table main results/quick --published
 
-  # paste-ready LaTeX (booktabs) of the CAFE ablation, from two sweeps together
+  # paste-ready LaTeX (booktabs) of the ablation table, from two sweeps together
   condbench-analysis table ablation results/ablation results/main --format latex > ablation.tex
 
   # one figure
@@ -40,6 +40,7 @@ examples:
 
 def _parser() -> argparse.ArgumentParser:
     from analysis.figures import FIGURES
+    from analysis.render import FORMATS
     from analysis.tables import TABLES
 
     p = argparse.ArgumentParser(
@@ -62,13 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         "table",
         help="print one table to stdout",
         description="Print one table: main (methods x dataset/IPC), cross (train -> eval "
-        "architectures), ablation (CAFE variants), cost (time and memory).",
+        "architectures), ablation (variants of a method with ablation components), cost (time and memory).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("kind", choices=TABLES)
     t.add_argument("results", nargs="+", metavar="RESULTS", help="results folder(s)")
-    t.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="output format (default md)")
+    t.add_argument("--format", choices=FORMATS, default="md", help="output format (default md)")
     t.add_argument("--published", action="store_true", help="show published numbers (reference notes §4) and the difference (main, cross)")
     t.add_argument("--eval-arch", metavar="ARCH", help="main table: pool evaluations on ARCH instead of each set's training architecture")
 

@@ -1,8 +1,9 @@
 """Paper-style figures (matplotlib, Agg backend): PNG and PDF in one consistent style.
 
 Every figure is sized for a paper column (3.3 in wide per panel) with 8 pt text, so it stays
-readable when printed at column width. Colours are fixed per method (a colour-blind-safe
-palette in the table's row order), so the same method has the same colour in every figure.
+readable when printed at column width. Colours follow the methods' registry order as the
+records carry it (a colour-blind-safe palette, one tone per method present), so a method has
+the same colour in every figure of a report; variants share the remaining tones.
 
 Only :func:`image_grid` needs torch (it reads the synthetic sets through
 ``methods.synset.SyntheticSet.load``) and imports it lazily; everything else works from the
@@ -24,27 +25,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis.load import (  # noqa: E402
-    METHOD_ORDER,
-    WHOLE,
-    AnalysisError,
-    Results,
-    arch_key,
-    dataset_display,
-    dataset_key,
-    label_display,
-)
+from analysis.ablation import ablation_groups, group_rows, has_ablation  # noqa: E402
+from analysis.load import WHOLE, AnalysisError, Results  # noqa: E402
+from analysis.render import summarise  # noqa: E402
 from analysis.tables import (  # noqa: E402
-    _cafe_runs,
-    _label_methods,
-    _ordered_labels,
-    _same_arch,
+    LabelInfo,
+    arch_sort_key,
     cost_frame,
-    has_ablation,
     has_cross,
-    row_order_key,
+    same_arch,
     select_main_runs,
-    summarise,
 )
 
 FIGURES = ("accuracy-vs-ipc", "cross-heatmap", "image-grid", "ablation", "cost-scatter")
@@ -56,7 +46,6 @@ PALETTE = (
     "#999999", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#882255",
     "#000000", "#44AA99", "#332288", "#DDCC77",
 )
-METHOD_COLOURS = {m: PALETTE[i] for i, m in enumerate(METHOD_ORDER)}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 #: Class names of the standard datasets (used when a synthetic set carries none).
@@ -105,11 +94,22 @@ def paper_style() -> Iterator[None]:
         yield
 
 
-def colour_for(label: str, method: str, plain: bool, others: Sequence[str] = ()) -> str:
+def method_colours(results: Results) -> dict[str, str]:
+    """Registry name -> colour, in the registry order the records carry (whole dataset
+    excluded: it is drawn in grey)."""
+    frame = results.runs if not results.runs.empty else results.records
+    if frame.empty:
+        return {}
+    first = frame.drop_duplicates("method").sort_values(["method_order", "method"], kind="stable")
+    names = [str(m) for m in first["method"] if m != WHOLE]
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(names)}
+
+
+def colour_for(label: str, method: str, plain: bool, colours: dict[str, str], others: Sequence[str] = ()) -> str:
     """A plain registry method gets its method's colour; variants share the extra tones."""
-    if plain and method in METHOD_COLOURS:
-        return METHOD_COLOURS[method]
-    extra = PALETTE[len(METHOD_ORDER):]
+    if plain and method in colours:
+        return colours[method]
+    extra = PALETTE[len(colours):] or PALETTE
     idx = list(others).index(label) if label in others else sum(map(ord, label))
     return extra[idx % len(extra)]
 
@@ -163,10 +163,11 @@ def accuracy_vs_ipc(results: Results, dataset: Optional[str] = None, eval_arch: 
             raise AnalysisError(f"no records for dataset {dataset!r}")
     if runs[runs["method"] != WHOLE].empty:
         raise AnalysisError("accuracy vs IPC needs condensed sets (only whole-dataset records found)")
-    lm = _label_methods(runs)
-    labels = _ordered_labels(runs)
+    lm = LabelInfo(runs)
+    labels = lm.ordered()
     others = [lab for lab in labels if lab not in lm.plain]
-    datasets = [d for d in sorted(set(runs["dataset"]), key=dataset_key) if not runs[(runs["dataset"] == d) & (runs["method"] != WHOLE)].empty]
+    colours = method_colours(results)
+    datasets = [d for d in sorted(set(runs["dataset"]), key=results.dataset_key) if not runs[(runs["dataset"] == d) & (runs["method"] != WHOLE)].empty]
     with paper_style():
         fig, axes = _panel_grid(len(datasets))
         for ax, d in zip(axes, datasets):
@@ -176,23 +177,23 @@ def accuracy_vs_ipc(results: Results, dataset: Optional[str] = None, eval_arch: 
                 g = rd[rd["label"] == lab]
                 if g.empty:
                     continue
-                colour = colour_for(lab, lm[lab], lab in lm.plain, others)
+                colour = colour_for(lab, lm[lab], lab in lm.plain, colours, others)
                 if lm[lab] == WHOLE:
                     s = summarise(g["accuracy"])
-                    ax.axhline(s.mean, color="#444444", ls="--", lw=0.9, label=label_display(lab), zorder=1)
+                    ax.axhline(s.mean, color="#444444", ls="--", lw=0.9, label=lm.display[lab], zorder=1)
                     continue
                 pts = sorted((int(ipc), summarise(gg["accuracy"])) for ipc, gg in g.groupby("ipc"))
                 x = np.array([p[0] for p in pts], dtype=float)
                 m = np.array([p[1].mean for p in pts])
                 sd = np.array([p[1].std for p in pts])
-                ax.plot(x, m, marker=MARKERS[i % len(MARKERS)], color=colour, label=label_display(lab), zorder=3)
+                ax.plot(x, m, marker=MARKERS[i % len(MARKERS)], color=colour, label=lm.display[lab], zorder=3)
                 ax.fill_between(x, m - sd, m + sd, color=colour, alpha=0.18, lw=0, zorder=2)
             if ipcs_all and ipcs_all[-1] / max(ipcs_all[0], 1) >= 10:
                 ax.set_xscale("log")
             ax.set_xticks(ipcs_all)
             ax.set_xticklabels([str(i) for i in ipcs_all])
             ax.minorticks_off()
-            ax.set_title(dataset_display(d))
+            ax.set_title(results.dataset_display(d))
             ax.set_xlabel("Images per class")
             ax.set_ylabel("Test accuracy (%)")
         handles, names = axes[0].get_legend_handles_labels()
@@ -224,21 +225,22 @@ def cross_heatmap(results: Results, dataset: Optional[str] = None, ipc: Optional
         runs = runs[runs["ipc"] == ipc]
     groups = []
     for (d, i), g in runs.groupby(["dataset", "ipc"], sort=False):
-        crossed = g[~_same_arch(g)]
+        crossed = g[~same_arch(g)]
         if not crossed.empty:  # rows as in the cross table: sets evaluated on another net
             keep = set(zip(crossed["label"], crossed["train_arch"]))
             g = g[[k in keep for k in zip(g["label"], g["train_arch"])]]
             groups.append((d, int(i), g))
     if not groups:
         raise AnalysisError("no cross-architecture evaluations for the chosen dataset/IPC")
-    groups.sort(key=lambda t: (dataset_key(t[0]), t[1]))
-    lm = _label_methods(runs)
+    groups.sort(key=lambda t: (results.dataset_key(t[0]), t[1]))
+    lm = LabelInfo(runs)
+    akey = arch_sort_key(results)
     with paper_style():
         heights = []
         mats = []
         for d, i, g in groups:
-            archs = sorted(set(g["eval_arch"].astype(str)), key=arch_key)
-            keys = sorted({(lab, ta) for lab, ta in zip(g["label"], g["train_arch"])}, key=lambda k: (lm.order_key(k[0]), arch_key(k[1])))
+            archs = sorted(set(g["eval_arch"].astype(str)), key=akey)
+            keys = sorted({(lab, ta) for lab, ta in zip(g["label"], g["train_arch"])}, key=lambda k: (lm.order_key(k[0]), akey(k[1])))
             mat = np.full((len(keys), len(archs)), np.nan)
             for (lab, ta, ea), gg in g.groupby(["label", "train_arch", "eval_arch"]):
                 mat[keys.index((lab, ta)), archs.index(ea)] = gg["accuracy"].mean()
@@ -252,7 +254,7 @@ def cross_heatmap(results: Results, dataset: Optional[str] = None, ipc: Optional
             ax.set_xticks(range(len(archs)))
             ax.set_xticklabels(archs, rotation=30, ha="right")
             ax.set_yticks(range(len(keys)))
-            ax.set_yticklabels([f"{label_display(lab)} ({ta})" for lab, ta in keys])
+            ax.set_yticklabels([f"{lm.display[lab]} ({ta})" for lab, ta in keys])
             lo, hi = np.nanmin(mat), np.nanmax(mat)
             for r in range(mat.shape[0]):
                 for c in range(mat.shape[1]):
@@ -262,7 +264,7 @@ def cross_heatmap(results: Results, dataset: Optional[str] = None, ipc: Optional
                         continue
                     light = (v - lo) / (hi - lo + 1e-9) > 0.6
                     ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=6.5, color="black" if light else "white")
-            ax.set_title(f"{dataset_display(d)}, IPC {i}: evaluated on")
+            ax.set_title(f"{results.dataset_display(d)}, IPC {i}: evaluated on")
             for side in ("top", "right", "left", "bottom"):
                 ax.spines[side].set_visible(False)
             cb = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
@@ -352,12 +354,14 @@ def synset_choices(results: Results) -> pd.DataFrame:
     """One synthetic set per (dataset, IPC, label): the lowest seed's, existing files only."""
     runs = results.records
     if runs.empty:
-        return pd.DataFrame(columns=["dataset", "ipc", "label", "method", "plain", "synset_path"])
+        return pd.DataFrame(columns=["dataset", "ipc", "label", "label_display", "method", "method_order",
+                                     "family", "plain", "synset_path"])
     r = runs[runs["synset_path"].notna() & (runs["method"] != WHOLE)]
     r = r[[Path(p).is_file() for p in r["synset_path"]]] if not r.empty else r
     r = r.sort_values(["dataset", "ipc", "label", "seed", "cell_id"], kind="stable")
     r = r.drop_duplicates(["dataset", "ipc", "label"])
-    return r[["dataset", "ipc", "label", "method", "plain", "synset_path"]].reset_index(drop=True)
+    return r[["dataset", "ipc", "label", "label_display", "method", "method_order", "family", "plain",
+              "synset_path"]].reset_index(drop=True)
 
 
 def image_grid(
@@ -379,7 +383,7 @@ def image_grid(
         choices = choices[choices["dataset"] == dataset.lower()]
         if choices.empty:
             raise AnalysisError(f"no synthetic sets for dataset {dataset!r}")
-    d = sorted(set(choices["dataset"]), key=dataset_key)[0]
+    d = sorted(set(choices["dataset"]), key=results.dataset_key)[0]
     choices = choices[choices["dataset"] == d]
     if ipc is None:
         ipcs = sorted(int(i) for i in choices["ipc"].unique())
@@ -389,8 +393,9 @@ def image_grid(
     if labels:
         choices = choices[choices["label"].isin(list(labels))]
     if choices.empty:
-        raise AnalysisError(f"no synthetic sets for {dataset_display(d)} at IPC {ipc}")
-    order = _label_methods(choices).ordered()
+        raise AnalysisError(f"no synthetic sets for {results.dataset_display(d)} at IPC {ipc}")
+    lm = LabelInfo(choices)
+    order = lm.ordered()
     panels = []
     for lab in order:
         path = choices.loc[choices["label"] == lab, "synset_path"].iloc[0]
@@ -425,9 +430,9 @@ def image_grid(
             ax.tick_params(length=0)
             for side in ("top", "right", "left", "bottom"):
                 ax.spines[side].set_visible(False)
-            ax.set_title(label_display(lab), fontsize=7)
+            ax.set_title(lm.display[lab], fontsize=7)
             ax._condbench_mosaic = mosaic  # the exact array shown, for tests
-        fig.suptitle(f"{dataset_display(d)}, {ipc} image{'s' if ipc != 1 else ''} per class", fontsize=8)
+        fig.suptitle(f"{results.dataset_display(d)}, {ipc} image{'s' if ipc != 1 else ''} per class", fontsize=8)
     return fig
 
 
@@ -437,38 +442,34 @@ def image_grid(
 
 
 def ablation_bars(results: Results) -> Figure:
-    """Mean ± std per CAFE variant (dot and whisker chart), one panel per dataset/IPC; full
-    CAFE highlighted and drawn as a dotted reference line."""
+    """Mean ± std per variant of a method with ablation components (dot and whisker chart),
+    one panel per dataset/IPC/method as in the ablation table; the method as published is
+    highlighted and drawn as a dotted reference line."""
     if not has_ablation(results):
-        raise AnalysisError("no CAFE ablation in the records (need at least two CAFE variants on one dataset/IPC)")
-    runs = _cafe_runs(results)
+        raise AnalysisError("no ablation in the records (need at least two variants of one method with "
+                            "ablation components on one dataset/IPC)")
+    colours = method_colours(results)
     groups = []
-    for (d, i), g in runs.groupby(["dataset", "ipc"]):
-        if g["label"].nunique() >= 2:
-            groups.append((d, int(i), g))
-    groups.sort(key=lambda t: (dataset_key(t[0]), t[1]))
+    for d, i, base, g in ablation_groups(results):
+        rows, ref_label = group_rows(base, g)
+        info = [(r["label"], r["stat"], r["display"]) for r in rows]
+        ref = next((x for x in info if x[0] == ref_label), None)
+        base_name = next((r["display"] for r in rows if r["method"] == base), base)
+        groups.append((d, i, base, base_name, info, ref))
     with paper_style():
-        nmax = max(g["label"].nunique() for _, _, g in groups)
+        nmax = max(len(info) for *_, info, _ in groups)
         fig, axes = _panel_grid(len(groups), max_cols=2, height=0.55 + 0.22 * nmax)
-        for ax, (d, i, g) in zip(axes, groups):
-            info = []
-            for lab, gg in g.groupby("label", sort=True):
-                first = gg.sort_values(["seed", "cell_id"], kind="stable").iloc[0]
-                plain = first["method"] == "cafe" and bool(gg["plain"].all())
-                info.append((lab, summarise(gg["accuracy"]), plain))
-            refs = [x for x in info if x[2]]
-            ref = next((x for x in refs if x[0] == "cafe"), refs[0] if refs else None)
-            info.sort(key=lambda x: (x is not ref, x[0]))
+        for ax, (d, i, base, base_name, info, ref) in zip(axes, groups):
             y = np.arange(len(info))[::-1]
             # Dots with ± std whiskers, not bars: the axis does not start at 0, and a truncated
             # bar would exaggerate the differences.
             for yy, x in zip(y, info):
-                colour = METHOD_COLOURS["cafe"] if x is ref else "#0072B2"
+                colour = colours.get(base, PALETTE[0]) if x is ref else "#0072B2"
                 ax.errorbar(x[1].mean, yy, xerr=x[1].std, fmt="o", color=colour, ms=4, lw=0.9, capsize=2, zorder=3)
                 ax.annotate(f"{x[1].mean:.1f}", (x[1].mean, yy), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=6, color="#333333")
             ax.set_ylim(-0.6, len(info) - 0.4)
             ax.set_yticks(y)
-            ax.set_yticklabels([label_display(x[0]) for x in info])
+            ax.set_yticklabels([x[2] for x in info])
             if ref is not None:
                 ax.axvline(ref[1].mean, color="#444444", ls=":", lw=0.8)
             lo = min(x[1].mean - x[1].std for x in info)
@@ -477,7 +478,7 @@ def ablation_bars(results: Results) -> Figure:
             ax.set_xlim(max(0.0, lo - 0.3 * span), hi + 0.15 * span)
             ax.grid(axis="y", visible=False)
             ax.set_xlabel("Test accuracy (%)")
-            ax.set_title(f"CAFE ablation: {dataset_display(d)}, IPC {i}")
+            ax.set_title(f"{base_name} ablation: {results.dataset_display(d)}, IPC {i}")
         fig.tight_layout()
     return fig
 
@@ -499,10 +500,11 @@ def cost_scatter(results: Results) -> Figure:
     df["condense_time_s"] = df["condense_time_s"].clip(lower=MIN_TIME_S)
     if df.empty:
         raise AnalysisError("no condensation times in the records' cost figures")
-    datasets = sorted(set(df["dataset"]), key=dataset_key)
-    first = df.drop_duplicates("method").set_index("method")
-    labels = sorted(first.index, key=lambda lab: row_order_key(lab, first.loc[lab, "_method"], first.loc[lab, "_plain"]))
-    others = [lab for lab in labels if not first.loc[lab, "_plain"]]
+    datasets = sorted(set(df["dataset"]), key=results.dataset_key)
+    lm = LabelInfo(results.records)
+    labels = [lab for lab in lm.ordered() if lab in set(df["method"])]
+    others = [lab for lab in labels if lab not in lm.plain]
+    colours = method_colours(results)
     with paper_style():
         fig, axes = _panel_grid(len(datasets))
         for ax, d in zip(axes, datasets):
@@ -511,15 +513,14 @@ def cost_scatter(results: Results) -> Figure:
                 gl = g[g["method"] == lab].sort_values("ipc")
                 if gl.empty:
                     continue
-                m = gl["_method"].iloc[0]
-                colour = colour_for(lab, m, bool(first.loc[lab, "_plain"]), others)
-                ax.scatter(gl["condense_time_s"], gl["accuracy_mean"], color=colour, marker=MARKERS[i % len(MARKERS)], s=14, label=label_display(lab), zorder=3, edgecolors="none")
+                colour = colour_for(lab, lm[lab], lab in lm.plain, colours, others)
+                ax.scatter(gl["condense_time_s"], gl["accuracy_mean"], color=colour, marker=MARKERS[i % len(MARKERS)], s=14, label=lm.display[lab], zorder=3, edgecolors="none")
                 for t, a, ipc in zip(gl["condense_time_s"], gl["accuracy_mean"], gl["ipc"]):
                     ax.annotate(str(int(ipc)), (t, a), xytext=(2.5, 1.5), textcoords="offset points", fontsize=5.5, color="#555555")
             ax.set_xscale("log")
             ax.set_xlabel(f"Condensation time (s, log; floor {MIN_TIME_S:g} s)")
             ax.set_ylabel("Test accuracy (%)")
-            ax.set_title(dataset_display(d))
+            ax.set_title(results.dataset_display(d))
         seen: dict[str, Any] = {}
         for ax in axes:
             for h, n in zip(*ax.get_legend_handles_labels()):

@@ -8,6 +8,14 @@ A results store is the folder written by the sweep runner (``benchmarks``)::
     <out>/synsets/<cell_id>.pt              the synthetic set (not needed for tables)
     <out>/failures/<cell_id>.json           one per failed cell
 
+Records are read with :meth:`benchmarks.record.Record.from_json`, the reader of the one record
+schema the writer uses. Everything tables print about a method comes from the records and
+``cells.json`` themselves (the registry metadata the suite wrote): the row's registry name,
+display name, family and order (``method_info``), the ablation switches (``components``) and
+whether the row is the method as published (no ``variant_overrides``). This package holds no
+method list. A version-1 record (written before that metadata existed) falls back to its raw
+method name, shown verbatim and sorted after the registered methods.
+
 Nothing here imports torch: tables only need the JSON records. A record that cannot be used
 (bad JSON, missing key, wrong schema or version, a status other than ``done``, accuracies that
 are not a list of fractions) is reported in :attr:`Results.problems` with the file and the
@@ -18,64 +26,27 @@ are listed in :attr:`Results.missing` (with why: not run, failed, corrupt record
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import pandas as pd
 
-RECORD_SCHEMA = "condensation-bench/record"
-RECORD_SCHEMA_VERSION = 1
-
-#: Row order of the papers' tables: coresets, then the synthesis methods, then anything else.
-METHOD_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dm", "cafe", "cafe_dsa")
-WHOLE = "whole"
-
-#: How method names are printed in tables and figure legends.
-METHOD_DISPLAY = {
-    "random": "Random",
-    "herding": "Herding",
-    "kcenter": "K-Center",
-    "dc": "DC",
-    "dsa": "DSA",
-    "dm": "DM",
-    "cafe": "CAFE",
-    "cafe_dsa": "CAFE+DSA",
-    "whole": "Whole dataset",
-}
-
-DATASET_ORDER = ("mnist", "fashionmnist", "svhn", "cifar10", "cifar100", "tinyimagenet")
-DATASET_DISPLAY = {
-    "mnist": "MNIST",
-    "fashionmnist": "FashionMNIST",
-    "svhn": "SVHN",
-    "cifar10": "CIFAR10",
-    "cifar100": "CIFAR100",
-    "tinyimagenet": "TinyImageNet",
-    "digits": "Digits",
-}
-
-#: Evaluation-architecture column order (the papers' cross-architecture tables start with the
-#: training network ConvNet); unknown names follow alphabetically.
-ARCH_ORDER = (
-    "convnet", "convnetbn", "mlp", "lenet", "alexnet", "alexnetbn", "vgg11", "vgg11bn",
-    "resnet18", "resnet18bn",
+from benchmarks.record import (
+    COST_KEYS,
+    RECORD_SCHEMA,
+    RECORD_SCHEMA_VERSION,
+    UNKNOWN_ORDER,
+    WHOLE,
+    Record,
+    RecordError,
+    fallback_info,
 )
 
-#: Cost keys every record carries; other numeric keys of ``cost`` become ``cost_<key>`` too.
-COST_KEYS = (
-    "condense_wall_time_s",
-    "condense_peak_memory_mb",
-    "eval_wall_time_s",
-    "eval_peak_memory_mb",
-)
-
-#: Override keys that do not make a variant: the DSA switch names the registry variant
-#: (cafe_dsa, dsa) and the architecture fields say where a set was condensed (own column).
-NON_VARIANT_KEYS = frozenset({"dsa", "dsa_strategy", "model", "feature_net", "net", "arch"})
-
-_REQUIRED = ("cell_id", "dataset", "method", "eval_arch", "accuracies", "seed")
+__all__ = [
+    "AnalysisError", "COST_KEYS", "Problem", "RECORD_SCHEMA", "RECORD_SCHEMA_VERSION", "Results",
+    "WHOLE", "arch_key", "label_display", "load_results", "load_store", "main_arch",
+]
 
 
 class AnalysisError(Exception):
@@ -104,6 +75,12 @@ class Results:
     ``status`` one of ``not run``, ``failed``, ``corrupt record``.
     ``failures``: the failure files (``error``, ``log_path`` ...).
     ``problems``: skipped files with the reason.
+    ``datasets``: dataset name -> (table order, display name), as the records and cells say.
+
+    Method columns of ``runs``/``records``: ``method`` (the registry entry the row belongs
+    to), ``method_display``, ``family``, ``family_display``, ``method_order``, ``variant_of``,
+    ``components`` (JSON), ``variant_overrides`` (JSON), ``plain`` (no variant overrides) and
+    ``label_display`` (the label as tables print it).
     """
 
     runs: pd.DataFrame
@@ -114,6 +91,7 @@ class Results:
     problems: list[Problem] = field(default_factory=list)
     stores: list[str] = field(default_factory=list)
     sweeps: list[str] = field(default_factory=list)
+    datasets: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def hardware(self) -> list[str]:
         """Distinct ``host (device)`` strings of the records, sorted."""
@@ -125,118 +103,42 @@ class Results:
         }
         return [f"{h} ({d})" for h, d in sorted(pairs)]
 
+    def dataset_key(self, name: str) -> tuple[int, str]:
+        """Sort key of a dataset: the order the suite recorded, then the name."""
+        n = str(name)
+        return (self.datasets.get(n, (UNKNOWN_ORDER, n))[0], n)
+
+    def dataset_display(self, name: str) -> str:
+        """How tables name a dataset (the recorded display name, else the name itself)."""
+        n = str(name)
+        return self.datasets.get(n, (UNKNOWN_ORDER, n))[1]
+
 
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
 
 
-def canonical_method(method: str, config: Optional[dict] = None, overrides: Optional[dict] = None) -> str:
-    """The registry name a record's row belongs to.
-
-    A sweep may write CAFE+DSA as ``{method: cafe, dsa: true}`` and DSA as
-    ``{method: dc, dsa: true}``; both are mapped to the registry names ``cafe_dsa`` / ``dsa``.
-    """
-    m = str(method).lower()
-    flags = {}
-    for source in (config or {}, overrides or {}):
-        if isinstance(source, dict) and "dsa" in source:
-            flags["dsa"] = source["dsa"]
-    if m == "cafe" and flags.get("dsa") is True:
-        return "cafe_dsa"
-    if m == "dc" and flags.get("dsa") is True:
-        return "dsa"
-    return m
-
-
-def method_rank(name: str) -> int:
-    """Sort rank of a registry name (unknown methods after the known ones, whole last)."""
-    if name == WHOLE:
-        return 1000
-    if name in METHOD_ORDER:
-        return METHOD_ORDER.index(name)
-    return len(METHOD_ORDER)
-
-
-def dataset_key(name: str) -> tuple[int, str]:
+def arch_key(name: str, home: Optional[str] = None) -> tuple[int, str]:
+    """Sort key of an architecture name: ``home`` (the main training architecture) first, then
+    alphabetical (case-insensitive)."""
     n = str(name).lower()
-    return (DATASET_ORDER.index(n) if n in DATASET_ORDER else len(DATASET_ORDER), n)
+    return (0 if home is not None and n == str(home).lower() else 1, n)
 
 
-def arch_key(name: str) -> tuple[int, str]:
-    n = str(name).lower()
-    return (ARCH_ORDER.index(n) if n in ARCH_ORDER else len(ARCH_ORDER), n)
-
-
-def dataset_display(name: str) -> str:
-    return DATASET_DISPLAY.get(str(name).lower(), str(name))
-
-
-def label_display(label: str) -> str:
-    """Registry names print as in the papers (``kcenter`` -> ``K-Center``, the sweep's default
-    ``whole dataset`` -> ``Whole dataset``); free labels verbatim."""
-    if str(label).lower() in ("whole", "whole dataset"):
-        return METHOD_DISPLAY[WHOLE]
-    return METHOD_DISPLAY.get(label, label)
+def label_display(label: str, info: Mapping[str, Any], method: Optional[str] = None) -> str:
+    """How a row label prints: a label that just names the method (the registry name, the
+    name the spec used, or the display name in any case) prints as the entry's display name;
+    a free label prints verbatim."""
+    text = str(label)
+    names = {str(info.get("name", "")).lower(), str(info.get("display", "")).lower()}
+    if method:
+        names.add(str(method).lower())
+    return str(info.get("display") or text) if text.lower() in names else text
 
 
 def _json(value: Any) -> str:
     return json.dumps(value if value is not None else {}, sort_keys=True, separators=(",", ":"))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_record(data: Any) -> Optional[str]:
-    """Why ``data`` is not a usable record, or None when it is."""
-    if not isinstance(data, dict):
-        return f"not a JSON object (got {type(data).__name__})"
-    if data.get("schema") != RECORD_SCHEMA:
-        return f"schema is {data.get('schema')!r}, expected {RECORD_SCHEMA!r}"
-    version = data.get("schema_version")
-    if not _is_int(version):
-        return f"schema_version is {version!r}, expected an integer"
-    if version > RECORD_SCHEMA_VERSION:
-        return (
-            f"schema_version {version} is newer than this code understands "
-            f"({RECORD_SCHEMA_VERSION}); upgrade the suite"
-        )
-    if version < 1:
-        return f"schema_version {version} is not valid"
-    if data.get("status") != "done":
-        return f"status is {data.get('status')!r}, not 'done' (partial record)"
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        return "missing key(s): " + ", ".join(missing)
-    for key in ("cell_id", "dataset", "method", "eval_arch"):
-        if not isinstance(data[key], str) or not data[key]:
-            return f"{key} is {data[key]!r}, expected a non-empty string"
-    accs = data["accuracies"]
-    if not isinstance(accs, list):
-        return f"accuracies is a {type(accs).__name__}, expected a list"
-    if not accs:
-        return "accuracies is empty"
-    for a in accs:
-        if not isinstance(a, (int, float)) or isinstance(a, bool) or not math.isfinite(a):
-            return f"accuracies holds {a!r}, expected numbers"
-        if not 0.0 <= float(a) <= 1.0:
-            return f"accuracies holds {a!r}, expected fractions in [0, 1]"
-    ipc = data.get("ipc")
-    if data["method"] == WHOLE:
-        if ipc is not None:
-            return f"method 'whole' must have ipc null, got {ipc!r}"
-    elif not _is_int(ipc) or ipc <= 0:
-        return f"ipc is {ipc!r}, expected a positive integer"
-    if not _is_int(data["seed"]):
-        return f"seed is {data['seed']!r}, expected an integer"
-    cost = data.get("cost", {})
-    if cost is not None and not isinstance(cost, dict):
-        return f"cost is a {type(cost).__name__}, expected an object"
-    for key in ("overrides", "method_config"):
-        if data.get(key) is not None and not isinstance(data[key], dict):
-            return f"{key} is a {type(data[key]).__name__}, expected an object"
-    return None
 
 
 def _num(value: Any) -> float:
@@ -245,21 +147,37 @@ def _num(value: Any) -> float:
     return float(value)
 
 
+def _info_of(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The registry entry a record or cell carries, else the raw-name fallback."""
+    info = item.get("method_info")
+    if isinstance(info, dict) and isinstance(info.get("name"), str) and info.get("name"):
+        out = fallback_info(info["name"])
+        out.update(info)
+        if not isinstance(out.get("order"), int) or isinstance(out.get("order"), bool):
+            out["order"] = UNKNOWN_ORDER
+        return out
+    return fallback_info(str(item.get("method") or ""))
+
+
 # ----------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------
 
 RUN_COLUMNS = [
-    "dataset", "ipc", "method", "label", "eval_arch", "train_arch", "seed", "run", "accuracy",
-    "method_config", "overrides", "plain", "num_eval", "eval_epochs", "eval_augmentation",
+    "dataset", "ipc", "method", "label", "label_display", "method_display", "family", "family_display",
+    "method_order", "variant_of", "raw_method", "eval_arch", "train_arch", "seed", "run", "accuracy",
+    "method_config", "overrides", "variant_overrides", "components", "plain", "labels", "num_eval",
+    "eval_epochs", "eval_augmentation", "eval_plan",
     *[f"cost_{k}" for k in COST_KEYS],
     "host", "device", "code_version", "cell_id", "sweep", "store", "record_path", "synset_path",
 ]
+CELL_COLUMNS = ["cell_id", "eval_arch", "dataset", "ipc", "method", "label", "label_display", "method_order",
+                "plain", "seed", "train_arch", "sweep", "store"]
 
 
 def main_arch(records: pd.DataFrame) -> str:
-    """The store's main training architecture: the most common ``train_arch`` (ties: the
-    papers' order, ConvNet first), or ConvNet when no record names one.
+    """The store's main training architecture: the most common ``train_arch`` (ties:
+    alphabetical), or ConvNet when no record names one.
 
     Sets condensed without a network (random selection, the whole dataset) have no
     ``train_arch``; their evaluations on this architecture are the ones that go into the main
@@ -324,6 +242,14 @@ def load_store(path: str | Path) -> Results:
     return load_results([path])
 
 
+def _note_dataset(datasets: dict, name: str, order: Any, display: Any) -> None:
+    """Remember a dataset's recorded order and display name (the first one that has them)."""
+    known = datasets.get(name)
+    has_order = isinstance(order, int) and not isinstance(order, bool)
+    if known is None or (known[0] == UNKNOWN_ORDER and has_order):
+        datasets[name] = (order if has_order else UNKNOWN_ORDER, str(display or name))
+
+
 def load_results(paths: Iterable[str | Path]) -> Results:
     """Read every record of the given results folders.
 
@@ -341,6 +267,7 @@ def load_results(paths: Iterable[str | Path]) -> Results:
     corrupt_files: dict[tuple[str, str, str], str] = {}
     stores: list[str] = []
     sweeps: list[str] = []
+    datasets: dict[str, tuple[int, str]] = {}
     for store in paths:
         if not store.exists():
             raise AnalysisError(f"results folder {store} does not exist")
@@ -358,6 +285,11 @@ def load_results(paths: Iterable[str | Path]) -> Results:
         # be relabelled by editing its spec and re-running it (finished cells are skipped).
         spec_labels = {c["cell_id"]: c["label"] for c in cells if c.get("label")}
         for c in cells:
+            info = _info_of(c)
+            dataset = str(c.get("dataset"))
+            _note_dataset(datasets, dataset, c.get("dataset_order"), c.get("dataset_display"))
+            label = str(c.get("label") or info["name"])
+            variant = c.get("variant_overrides")
             archs = c.get("eval_archs") or []
             if not isinstance(archs, list):
                 archs = [archs]
@@ -366,10 +298,13 @@ def load_results(paths: Iterable[str | Path]) -> Results:
                     {
                         "cell_id": c["cell_id"],
                         "eval_arch": str(arch),
-                        "dataset": c.get("dataset"),
+                        "dataset": dataset,
                         "ipc": c.get("ipc"),
-                        "method": c.get("method"),
-                        "label": c.get("label") or c.get("method"),
+                        "method": info["name"],
+                        "label": label,
+                        "label_display": label_display(label, info, c.get("method")),
+                        "method_order": info["order"],
+                        "plain": not variant if isinstance(variant, dict) else True,
                         "seed": c.get("seed"),
                         "train_arch": c.get("train_arch"),
                         "sweep": sweep,
@@ -379,26 +314,27 @@ def load_results(paths: Iterable[str | Path]) -> Results:
         failure_rows.extend(_read_failures(store, problems))
         rec_dir = store / "records"
         for rpath in sorted(rec_dir.glob("*.json")) if rec_dir.is_dir() else []:
+            record = None
             try:
                 data = json.loads(rpath.read_text(encoding="utf-8"))
+                record = Record.from_json(data)
+                reason = None
             except (OSError, UnicodeDecodeError) as exc:
                 reason = f"unreadable ({exc})"
-                data = None
             except json.JSONDecodeError as exc:
                 reason = f"bad JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-                data = None
-            else:
-                reason = _check_record(data)
-            if reason is not None:
-                problems.append(Problem(str(rpath), reason))
+            except RecordError as exc:
+                reason = str(exc)
+            if record is None:
+                problems.append(Problem(str(rpath), str(reason)))
                 stem = rpath.stem
                 if "__" in stem:
                     cid, arch = stem.rsplit("__", 1)
-                    corrupt_files[(str(store), cid, arch)] = reason
+                    corrupt_files[(str(store), cid, arch)] = str(reason)
                 continue
-            if data.get("cell_id") in spec_labels:
-                data = dict(data, label=spec_labels[data["cell_id"]])
-            _append_record(data, store, rpath, sweep, run_rows, record_rows)
+            _note_dataset(datasets, record.dataset, record.dataset_order, record.dataset_display)
+            label = spec_labels.get(record.cell_id, record.label)
+            _append_record(record, label, store, rpath, sweep, run_rows, record_rows)
 
     runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS) if run_rows else pd.DataFrame(columns=RUN_COLUMNS)
     records = pd.DataFrame(record_rows)
@@ -414,67 +350,71 @@ def load_results(paths: Iterable[str | Path]) -> Results:
             df["home_arch"] = df["train_arch"].where(df["train_arch"].notna(), home)
     if runs.empty:
         runs["home_arch"] = pd.Series(dtype=object)
-    cells_df = pd.DataFrame(
-        cell_rows,
-        columns=["cell_id", "eval_arch", "dataset", "ipc", "method", "label", "seed",
-                 "train_arch", "sweep", "store"],
-    )
+    cells_df = pd.DataFrame(cell_rows, columns=CELL_COLUMNS)
     failures = pd.DataFrame(
         failure_rows,
         columns=["cell_id", "error", "log_path", "job_id", "created", "store", "failure_path"],
     )
-    missing = _missing(cells_df, records, failures, corrupt_files)
-    return Results(
+    results = Results(
         runs=runs.reset_index(drop=True),
         records=records,
         cells=cells_df,
-        missing=missing,
+        missing=pd.DataFrame(),
         failures=failures,
         problems=problems,
         stores=stores,
         sweeps=sweeps,
+        datasets=datasets,
     )
+    results.missing = _missing(results, corrupt_files)
+    return results
 
 
-def _append_record(data: dict, store: Path, rpath: Path, sweep: str, run_rows: list, record_rows: list) -> None:
-    config = data.get("method_config") or {}
-    overrides = data.get("overrides") or {}
-    method = canonical_method(data["method"], config, overrides)
-    label = data.get("label") or method
-    if label == data["method"] and method != data["method"]:
-        label = method  # default label of {method: cafe, dsa: true} is the registry name cafe_dsa
-    cost = data.get("cost") or {}
-    synset = data.get("synset_path")
+def _append_record(record: Record, label: str, store: Path, rpath: Path, sweep: str, run_rows: list,
+                   record_rows: list) -> None:
+    info = _info_of({"method_info": record.method_info, "method": record.method})
+    cost = record.cost
+    synset = record.synset_path
     synset_abs = str((store / synset).resolve()) if isinstance(synset, str) and synset else None
-    ipc = data.get("ipc")
     base = {
-        "dataset": str(data["dataset"]).lower(),
-        "ipc": ipc,
-        "method": method,
+        "dataset": record.dataset,
+        "ipc": record.ipc,
+        "method": info["name"],
         "label": str(label),
-        "eval_arch": data["eval_arch"],
-        "train_arch": data.get("train_arch"),
-        "seed": int(data["seed"]),
-        "method_config": _json(config),
-        "overrides": _json(overrides),
-        # plain = the registry method as published (no overrides other than the dsa switch
-        # that names cafe_dsa / dsa): ordered with the registry rows, compared with the papers
-        "plain": not (set(overrides) - NON_VARIANT_KEYS),
-        "num_eval": data.get("num_eval"),
-        "eval_epochs": data.get("eval_epochs"),
-        "eval_augmentation": None if data.get("eval_augmentation") is None else str(data.get("eval_augmentation")),
-        "host": data.get("host"),
-        "device": data.get("device"),
-        "code_version": data.get("code_version"),
-        "cell_id": data["cell_id"],
-        "sweep": data.get("sweep") or sweep,
+        "label_display": label_display(label, info, record.method),
+        "method_display": str(info["display"]),
+        "family": str(info["family"]),
+        "family_display": str(info.get("family_display") or info["family"]),
+        "method_order": int(info["order"]),
+        "variant_of": info.get("variant_of"),
+        "raw_method": record.method,
+        "eval_arch": record.eval_arch,
+        "train_arch": record.train_arch,
+        "seed": int(record.seed),
+        "method_config": _json(record.method_config),
+        "overrides": _json(record.overrides),
+        "variant_overrides": _json(record.variant_overrides),
+        "components": json.dumps(dict(record.components), separators=(",", ":")),  # the method's order
+        # plain = the registry entry as published (no overrides beyond the entry's own and the
+        # network it was condensed on): ordered with the registry rows, compared with the papers
+        "plain": record.plain,
+        "labels": record.labels,
+        "num_eval": record.num_eval,
+        "eval_epochs": record.eval_epochs,
+        "eval_augmentation": None if record.eval_augmentation is None else str(record.eval_augmentation),
+        "eval_plan": _json(record.eval_plan),
+        "host": record.host or None,
+        "device": record.device or None,
+        "code_version": record.code_version or None,
+        "cell_id": record.cell_id,
+        "sweep": record.sweep or sweep,
         "store": str(store),
         "record_path": str(rpath),
         "synset_path": synset_abs,
     }
     for key in COST_KEYS:
         base[f"cost_{key}"] = _num(cost.get(key))
-    accs = [100.0 * float(a) for a in data["accuracies"]]
+    accs = [100.0 * float(a) for a in record.accuracies]
     rec = dict(base)
     for key, value in sorted(cost.items()):
         if key not in COST_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -489,8 +429,9 @@ def _append_record(data: dict, store: Path, rpath: Path, sweep: str, run_rows: l
         run_rows.append(row)
 
 
-def _missing(cells: pd.DataFrame, records: pd.DataFrame, failures: pd.DataFrame, corrupt: dict) -> pd.DataFrame:
-    cols = ["cell_id", "eval_arch", "dataset", "ipc", "label", "seed", "status", "detail", "store"]
+def _missing(results: Results, corrupt: dict) -> pd.DataFrame:
+    cells, records, failures = results.cells, results.records, results.failures
+    cols = ["cell_id", "eval_arch", "dataset", "ipc", "label", "label_display", "seed", "status", "detail", "store"]
     if cells.empty:
         return pd.DataFrame(columns=cols)
     done = set()
@@ -513,8 +454,8 @@ def _missing(cells: pd.DataFrame, records: pd.DataFrame, failures: pd.DataFrame,
         rows.append(
             {
                 "cell_id": c["cell_id"], "eval_arch": c["eval_arch"], "dataset": c["dataset"],
-                "ipc": c["ipc"], "label": c["label"], "seed": c["seed"], "status": status,
-                "detail": detail, "store": c["store"],
+                "ipc": c["ipc"], "label": c["label"], "label_display": c["label_display"], "seed": c["seed"],
+                "status": status, "detail": detail, "store": c["store"],
             }
         )
     out = pd.DataFrame(rows, columns=cols)
@@ -524,7 +465,7 @@ def _missing(cells: pd.DataFrame, records: pd.DataFrame, failures: pd.DataFrame,
     order = sorted(
         range(len(out)),
         key=lambda i: (
-            out.at[i, "store"], dataset_key(str(out.at[i, "dataset"])),
+            out.at[i, "store"], results.dataset_key(str(out.at[i, "dataset"])),
             10**9 if pd.isna(out.at[i, "ipc"]) else int(out.at[i, "ipc"]), str(out.at[i, "label"]),
             str(out.at[i, "seed"]), out.at[i, "cell_id"], out.at[i, "eval_arch"],
         ),

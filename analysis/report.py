@@ -9,8 +9,8 @@ Layout of ``--out DIR``::
     DIR/figures/<name>.{png,pdf}      accuracy_vs_ipc, cross_heatmap, ablation, cost_scatter,
                                       image_grid_<dataset>_ipc<k>
 
-A table or figure the data cannot support (no cross-architecture evaluations, no CAFE
-variants, no synthetic sets) is left out and the page says why. The output is deterministic:
+A table or figure the data cannot support (no cross-architecture evaluations, no variants of a
+method with ablation components, no synthetic sets) is left out and the page says why. The output is deterministic:
 no timestamps other than those in the records.
 """
 
@@ -22,8 +22,10 @@ from typing import Callable, Iterable, Optional
 
 import pandas as pd
 
-from analysis.load import AnalysisError, Results, dataset_display, dataset_key, label_display, load_results
-from analysis.tables import Table, ablation_table, cost_table, cross_table, has_ablation, has_cross, main_table, md_escape
+from analysis.ablation import ablation_table, has_ablation
+from analysis.load import AnalysisError, Results, load_results
+from analysis.render import Table, md_escape
+from analysis.tables import cost_table, cross_table, has_cross, main_table
 
 
 @dataclass
@@ -116,10 +118,12 @@ def write_report(paths: Iterable[str | Path], out: str | Path, *, results: Optio
     if has_ablation(results):
         abl = emit(ablation_table(results))
         figs = []
-        _figure(summary, "ablation", "CAFE ablation", lambda: F.ablation_bars(results), fdir, figs)
-        sections.append("## CAFE ablation\n\n" + abl.to_markdown() + _figs_md(figs))
+        title = abl.caption.split(":")[0]
+        _figure(summary, "ablation", title, lambda: F.ablation_bars(results), fdir, figs)
+        sections.append(f"## {md_escape(title)}\n\n" + abl.to_markdown() + _figs_md(figs))
     else:
-        summary.skipped.append("ablation table/figure: fewer than two CAFE variants on any dataset/IPC")
+        summary.skipped.append("ablation table/figure: no method with ablation components has two "
+                               "variants on one dataset/IPC")
 
     cost = emit(cost_table(results))
     figs = []
@@ -130,12 +134,12 @@ def write_report(paths: Iterable[str | Path], out: str | Path, *, results: Optio
     choices = F.synset_choices(results)
     if choices.empty:
         summary.skipped.append("image grids: no synthetic sets (synsets/*.pt) found")
-    for d in sorted(set(choices["dataset"]), key=dataset_key):
+    for d in sorted(set(choices["dataset"]), key=results.dataset_key):
         for ipc in sorted(int(i) for i in choices.loc[choices["dataset"] == d, "ipc"].unique()):
             _figure(
                 summary,
                 f"image_grid_{d}_ipc{ipc}",
-                f"Synthetic images: {dataset_display(d)}, IPC {ipc}",
+                f"Synthetic images: {results.dataset_display(d)}, IPC {ipc}",
                 lambda d=d, ipc=ipc: F.image_grid(results, dataset=d, ipc=ipc),
                 fdir,
                 figs,
@@ -206,8 +210,8 @@ def _status_md(results: Results, summary: ReportSummary) -> str:
         for _, r in miss.iterrows():
             ipc = "–" if pd.isna(r["ipc"]) else str(int(r["ipc"]))
             parts.append(
-                f"| {_code(r['cell_id'])} | {md_escape(r['eval_arch'])} | {dataset_display(r['dataset'])} | {ipc} | "
-                f"{md_escape(label_display(r['label']))} | {r['seed']} | {r['status']} | {_code(r['detail']) if r['detail'] else '–'} |"
+                f"| {_code(r['cell_id'])} | {md_escape(r['eval_arch'])} | {results.dataset_display(r['dataset'])} | {ipc} | "
+                f"{md_escape(r['label_display'])} | {r['seed']} | {r['status']} | {_code(r['detail']) if r['detail'] else '–'} |"
             )
         parts.append("")
     if not results.failures.empty:

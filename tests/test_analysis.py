@@ -1,7 +1,10 @@
 """Tests for ``analysis``: loading a results store, paper tables (golden files), figures, CLI.
 
-The fixture store below is written exactly in the sweep runner's results-store format
-(``cells.json``, ``records/<cell>__<arch>.json``, ``synsets/<cell>.pt``, ``failures/``). The
+The fixture store below is written with the suite's own writer: every record is a
+:class:`benchmarks.record.Record` whose registry metadata comes from the method registry
+(:func:`benchmarks.record.method_fields`), written by :meth:`benchmarks.store.Store.write_record`,
+and ``cells.json`` holds :func:`benchmarks.record.enrich_cell` dicts -- only the accuracies, costs
+and dataset titles are made up. ``tests/test_records_e2e.py`` runs a real sweep instead. The
 golden files under ``tests/golden/`` are the expected renderings of its main table; to
 regenerate them deliberately after a format change run
 ``CONDBENCH_REGEN_GOLDEN=1 pytest -q tests/test_analysis.py`` and review the diff.
@@ -19,17 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis.ablation import ablation_table
 from analysis.cli import main as cli_main
 from analysis.load import load_results
-from analysis.tables import (
-    ablation_table,
-    cafe_switches,
-    cost_table,
-    cross_table,
-    main_table,
-    summarise,
-    tex_escape,
-)
+from analysis.render import summarise, tex_escape
+from analysis.tables import cost_table, cross_table, main_table
+from benchmarks.record import RECORD_SCHEMA_VERSION, Record, dataset_fields, enrich_cell, method_fields
+from benchmarks.store import Store
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("CONDBENCH_REGEN_GOLDEN") == "1"
@@ -62,7 +61,7 @@ ACC = {
         ("cifar10", 1): [0.283, 0.280, 0.286, 0.283],
         ("cifar10", 10): [0.449, 0.445, None, None],  # seed 1: missing (not run)
     },
-    ("dsa", "dc", (("dsa", True),)): {
+    ("dsa", "dsa", ()): {
         ("mnist", 1): [0.887, 0.880, 0.894, 0.887],
         ("mnist", 10): [0.978, 0.977, 0.979, 0.978],
         ("cifar10", 1): [0.288, 0.281, 0.295, 0.288],
@@ -74,7 +73,7 @@ ACC = {
         ("cifar10", 1): [0.303, 0.292, 0.314, 0.303],
         ("cifar10", 10): [0.463, 0.457, 0.469, 0.463],
     },
-    ("cafe_dsa", "cafe", (("dsa", True),)): {
+    ("cafe_dsa", "cafe", (("dsa", True),)): {  # the registry resolves cafe + dsa to cafe_dsa
         ("cifar10", 1): [0.316, 0.308, 0.324, 0.316],
         ("cifar10", 10): [0.509, 0.504, 0.514, 0.509],
     },
@@ -89,6 +88,8 @@ WHOLE_ACC = {"mnist": [0.995, 0.997, 0.996, 0.996], "cifar10": [0.848, 0.847, 0.
 # cross-architecture evaluations (seed 0 only) for dc and cafe on cifar10 IPC 10
 CROSS = {("dc", "ResNet18"): [0.208, 0.210], ("cafe", "ResNet18"): [0.253, 0.251], ("random", "MLP"): [0.200, 0.220]}
 NO_NETWORK = ("random", "whole")  # condensed without a network: the runner writes train_arch null
+#: The dataset titles the suite writes (``dataset_display``); the order comes from the registry.
+TITLES = {"mnist": "MNIST", "cifar10": "CIFAR10"}
 
 
 def _cell_id(label: str, dataset: str, ipc, seed: int) -> str:
@@ -99,12 +100,16 @@ def _cell_id(label: str, dataset: str, ipc, seed: int) -> str:
 def _config(method: str, overrides: dict) -> dict:
     if method == "cafe":
         cfg = dict(CAFE_CONFIG)
-    elif method == "dc":
-        cfg = {"iterations": 1000, "dsa": False, "outer_loop": 10, "inner_loop": 50}
+    elif method in ("dc", "dsa"):
+        cfg = {"iterations": 1000, "dsa": method == "dsa", "outer_loop": 10, "inner_loop": 50}
     else:
         cfg = {}
     cfg.update(overrides)
     return cfg
+
+
+def _dataset_meta(dataset: str) -> dict:
+    return dict(dataset_fields(dataset), dataset_display=TITLES[dataset])
 
 
 def build_store(root: Path, *, synsets: bool = False) -> Path:
@@ -114,42 +119,30 @@ def build_store(root: Path, *, synsets: bool = False) -> Path:
     (root / "records").mkdir()
     (root / "failures").mkdir()
     (root / "spec.yaml").write_text("name: fixture\n", encoding="utf-8")
+    store = Store(root)
     cells = []
 
     def write_record(cell: dict, arch: str, accs: list, cost_scale: float) -> None:
-        rec = {
-            "schema": "condensation-bench/record",
-            "schema_version": 1,
-            "status": "done",
-            "cell_id": cell["cell_id"],
-            "sweep": "fixture",
-            "dataset": cell["dataset"],
-            "ipc": cell["ipc"],
-            "method": cell["method"],
-            "label": cell["label"],
-            "overrides": cell["overrides"],
-            "method_config": _config(cell["method"], cell["overrides"]),
-            "seed": cell["seed"],
-            "train_arch": cell["train_arch"],
-            "eval_arch": arch,
-            "num_eval": len(accs),
-            "eval_epochs": 300,
-            "eval_augmentation": None,
-            "accuracies": accs,
-            "cost": {
-                "condense_wall_time_s": None if cell["method"] == "whole" else 10.0 * cost_scale,
-                "condense_peak_memory_mb": None if cell["method"] == "whole" else 100.0 * cost_scale,
+        whole = cell["method"] == "whole"
+        config = _config(cell["method"], cell["overrides"])
+        store.write_record(Record(
+            cell_id=cell["cell_id"], sweep="fixture", dataset=cell["dataset"], ipc=cell["ipc"],
+            method=cell["method"], label=cell["label"], overrides=cell["overrides"], method_config=config,
+            seed=cell["seed"], train_arch=cell["train_arch"], eval_arch=arch, num_eval=len(accs),
+            eval_epochs=300, eval_augmentation=None, eval_plan={"epochs": 300, "augmentation": None},
+            labels="hard", accuracies=tuple(accs),
+            cost={
+                "condense_wall_time_s": None if whole else 10.0 * cost_scale,
+                "condense_peak_memory_mb": None if whole else 100.0 * cost_scale,
                 "eval_wall_time_s": 4.0 * len(accs),
                 "eval_peak_memory_mb": 50.0,
                 "iterations": 10,
             },
-            "synset_path": None if cell["method"] == "whole" else f"synsets/{cell['cell_id']}.pt",
-            "code_version": "abc1234",
-            "host": "node01",
-            "device": "cpu",
-            "created": "2026-11-21T08:00:00Z",
-        }
-        (root / "records" / f"{cell['cell_id']}__{arch}.json").write_text(json.dumps(rec, indent=1), encoding="utf-8")
+            synset_path=None if whole else f"synsets/{cell['cell_id']}.pt",
+            code_version="abc1234", host="node01", device="cpu", created="2026-11-21T08:00:00Z",
+            **method_fields(cell["method"], cell["overrides"], None if whole else config),
+            **_dataset_meta(cell["dataset"]),
+        ))
 
     for k, ((label, method, ov), table) in enumerate(ACC.items()):
         for (dataset, ipc), accs in table.items():
@@ -189,7 +182,8 @@ def build_store(root: Path, *, synsets: bool = False) -> Path:
         json.dumps({"cell_id": fid, "error": "CUDA out of memory", "traceback": "Traceback ...", "log_path": "logs/123_0_log.err", "job_id": "123_0", "created": "2026-11-21T08:00:00Z"}),
         encoding="utf-8",
     )
-    (root / "cells.json").write_text(json.dumps({"sweep": "fixture", "cells": cells}, indent=1), encoding="utf-8")
+    enriched = [dict(enrich_cell(c), **_dataset_meta(c["dataset"])) for c in cells]
+    (root / "cells.json").write_text(json.dumps({"sweep": "fixture", "cells": enriched}, indent=1), encoding="utf-8")
     if synsets:
         _write_synsets(root)
     return root
@@ -281,7 +275,12 @@ def test_corrupt_record_reported_and_skipped(results):
     "mutate, reason",
     [
         (lambda r: r.update(schema="something/else"), "schema is"),
-        (lambda r: r.update(schema_version=2), "newer"),
+        (lambda r: r.update(schema_version=RECORD_SCHEMA_VERSION + 1), "newer"),
+        (lambda r: r.pop("method_info"), "missing key(s): method_info"),
+        (lambda r: r.update(method_info={"name": "dc", "display": "DC", "family": "gradient_matching"}),
+         "method_info.order"),
+        (lambda r: r.update(components={"Layer-wise": "yes"}), "not true/false"),
+        (lambda r: r.update(labels="fuzzy"), "labels is 'fuzzy'"),
         (lambda r: r.update(status="running"), "partial"),
         (lambda r: r.pop("accuracies"), "missing key(s): accuracies"),
         (lambda r: r.update(accuracies="0.5"), "expected a list"),
@@ -380,7 +379,7 @@ def test_published_numbers_and_difference(results):
 
 
 def test_published_csv_covers_section_4():
-    from analysis.tables import load_published
+    from analysis.published import load_published
 
     pub = load_published()
     assert set(pub["confirmed"]) == {"C", "R", "U"}
@@ -442,15 +441,62 @@ def test_ablation_switches_and_delta(results):
     assert not d.loc["w/o dynamic bi-level", "dynamic_bi_level"]
     assert d.loc["cafe_dsa", "dsa"] and not d.loc["cafe", "dsa"]
     assert d.loc["w/o discrimination", "delta"] == pytest.approx(44.1 - 46.3)
+    assert d.loc["w/o discrimination", "overrides"] == "discrimination_weight=0"
+    assert d.loc["cafe_dsa", "overrides"] == ""  # the registered variant as published
     md = t.to_markdown()
-    assert "| CIFAR10 | 10 | w/o discrimination | ✓ | ✓ | ✗ | ✓ | ✗ |" in md
-    # every form CAFEConfig.layer_weights takes, read back from JSON
-    assert cafe_switches({"layer_weights": None})["Layer-wise"] is True
-    assert cafe_switches({"layer_weights": {"pooled": 1.0}})["Layer-wise"] is False
-    assert cafe_switches({"layer_weights": [["block1", 0.1], ["block3", 1.0]]})["Layer-wise"] is True
-    assert cafe_switches({"layer_weights": [0, 0, 0, 1]})["Layer-wise"] is False
-    assert cafe_switches({}, {"embedding_weight": 0})["Embedding"] is False
-    assert cafe_switches({}, method="cafe_dsa")["DSA"] is True
+    assert "| CIFAR10 | 10 | w/o discrimination | ✓ | ✓ | ✗ | ✓ | ✗ | discrimination\\_weight=0 |" in md
+    # the component columns are the method's own (methods.cafe.CAFE.components), in its order
+    assert t.header[3:8] == ["Layer-wise", "Embedding", "Discrimination", "Dynamic bi-level", "DSA"]
+    assert t.caption.startswith("CAFE ablation")  # the registry's display name
+
+
+def test_mutated_method_default_changes_the_ablation_switches(tmp_path, monkeypatch):
+    """The switches come from the method (its config defaults and its components()), not from a
+    copy in analysis: a store written while CAFE's default discrimination weight is 0 shows
+    Discrimination off for the plain method."""
+    from methods.cafe import CAFEConfig
+
+    monkeypatch.setattr(CAFEConfig, "__init__", _with_default(CAFEConfig.__init__, discrimination_weight=0.0))
+    fields = method_fields("cafe", {})
+    assert fields["components"]["Discrimination"] is False and fields["components"]["Embedding"] is True
+    monkeypatch.undo()
+    assert method_fields("cafe", {})["components"]["Discrimination"] is True
+
+
+def _with_default(init, **defaults):
+    def patched(self, *args, **kwargs):
+        for key, value in defaults.items():
+            kwargs.setdefault(key, value)
+        init(self, *args, **kwargs)
+
+    return patched
+
+
+def test_version_1_records_still_load_by_their_raw_name(tmp_path):
+    """A record written before the registry metadata (schema_version 1) loads: its method is
+    shown by its raw name after the registered methods, with hard labels and no components."""
+    root = build_store(tmp_path / "s")
+    old = {
+        "schema": "condensation-bench/record", "schema_version": 1, "status": "done",
+        "cell_id": "old-cell", "sweep": "old", "dataset": "mnist", "ipc": 1, "method": "mymethod",
+        "label": "mymethod", "overrides": {"model": "ConvNet"}, "method_config": {"model": "ConvNet"},
+        "seed": 0, "train_arch": "ConvNet", "eval_arch": "ConvNet", "num_eval": 2, "eval_epochs": 300,
+        "eval_augmentation": "dsa", "accuracies": [0.5, 0.7],
+        "cost": {"condense_wall_time_s": 1.0, "condense_peak_memory_mb": 1.0, "eval_wall_time_s": 2.0,
+                 "eval_peak_memory_mb": 1.0},
+        "synset_path": None, "code_version": "x", "host": "node01", "device": "cpu",
+        "created": "2026-01-01T00:00:00Z",
+    }
+    (root / "records" / "old-cell__ConvNet.json").write_text(json.dumps(old))
+    res = load_results([root])
+    assert not [p for p in res.problems if "old-cell" in p.path]
+    row = res.runs[res.runs["cell_id"] == "old-cell"].iloc[0]
+    assert (row["method"], row["label_display"], row["labels"], row["components"]) == ("mymethod", "mymethod", "hard", "{}")
+    assert bool(row["plain"])  # the network field is not a variant override
+    assert json.loads(row["eval_plan"]) == {"epochs": 300, "augmentation": "dsa"}
+    rows = [r[0].text for r in main_table(res).rows]
+    # after every registered method as published, before the variants and the whole dataset
+    assert rows[:6] == ["Random", "DC", "DSA", "CAFE", "CAFE+DSA", "mymethod"]
 
 
 def test_free_label_for_plain_method_and_arch_override(tmp_path):
@@ -473,7 +519,7 @@ def test_free_label_for_plain_method_and_arch_override(tmp_path):
     assert d.loc[("CAFE Full", "cifar10", 10), "published_mean"] == 46.3
     abl = ablation_table(res).data
     assert abl.loc[abl["variant"] == "CAFE Full", "reference"].all()
-    assert (abl["other"] == "").all()
+    assert (abl.loc[abl["variant"].isin(["CAFE Full", "cafe_dsa"]), "overrides"] == "").all()
 
 
 def test_cost_table_names_hardware(results):
@@ -613,11 +659,18 @@ def test_python_m_analysis_help():
 def test_tables_do_not_need_torch(store):
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from analysis.load import load_results; from analysis.tables import main_table\n"
-        f"print(main_table(load_results([{str(store)!r}])).to_markdown()[:10])"
+        "from analysis.load import load_results; from analysis.tables import build_table\n"
+        f"res = load_results([{str(store)!r}])\n"
+        "print(''.join(build_table(k, res).to_markdown()[:1] for k in ('main', 'cross', 'ablation', 'cost')))\n"
+        "import analysis.report, analysis.cli\n"
+        "assert 'methods' not in sys.modules, 'analysis imported the methods package'"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-c", "import sys, analysis.load, benchmarks, benchmarks.record; "
+                           "print(sorted(m for m in ('torch', 'methods') if m in sys.modules))"],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 def test_cli_summary_lists_missing_and_failed(store, capsys):
