@@ -91,7 +91,7 @@ class ConvNet(nn.Module):
     Features for CAFE/DM: :meth:`feature_maps` returns, in order shallow -> deep, the output of
     every block *before* its pooling (``block1`` ... ``block{depth}``) and the final pooled map
     (``pooled``), named in :attr:`feature_names`. With depth 3 these are exactly CAFE's
-    f1, f2, f3, f4 (docs/reference.md §7; Wang et al., CAFE, CVPR 2022, §3.2); :meth:`embed`
+    f1, f2, f3, f4 (docs/reference.md §7.2; Wang et al., CAFE, CVPR 2022); :meth:`embed`
     is the flattened ``pooled`` map (CAFE's f5, DM's embedding).
     """
 
