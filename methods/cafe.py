@@ -103,11 +103,11 @@ from methods.rng import derive_seed
 from methods.synthesis import (
     LearnedMethod,
     augment_per_class,
-    check_dsa_strategy,
     chunk_images,
     classes_per_chunk,
     dsa_for,
     get_loops,
+    image_loop_problems,
     init_synthetic,
     real_batch,
     sync,
@@ -225,19 +225,14 @@ class CAFEConfig(MethodConfig):
     dsa_strategy: Optional[str] = None
 
     def validate(self) -> None:
-        problems = []
-        for name in ("iterations", "batch_real", "batch_train", "probe_per_class"):
+        problems = image_loop_problems(self)
+        for name in ("batch_real", "batch_train", "probe_per_class"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr_img", "lr_net"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.momentum_img < 1:
-            problems.append(f"momentum_img must be in [0, 1), got {self.momentum_img}")
+        if not self.lr_net > 0:
+            problems.append(f"lr_net must be > 0, got {self.lr_net}")
         if any(not 0 < m < 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
             problems.append(f"lr_milestones must be increasing fractions in (0, 1), got {self.lr_milestones}")
-        if self.init not in ("noise", "real"):
-            problems.append(f"init must be 'noise' or 'real', got {self.init!r}")
         for name in ("embedding_weight", "discrimination_weight", "lambda_outer", "lambda_inner"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -261,8 +256,6 @@ class CAFEConfig(MethodConfig):
                 "invalid CAFE config: every loss term has weight 0 (layer_weights, embedding_weight, "
                 "discrimination_weight), so the images would never change"
             )
-        if self.dsa and self.dsa_strategy is not None:
-            check_dsa_strategy(self.dsa_strategy)
 
 
 # --------------------------------------------------------------------------------------------

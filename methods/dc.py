@@ -66,11 +66,11 @@ from methods.augment import DSA
 from methods.config import MethodConfig
 from methods.errors import MethodError
 from methods.loop import LoopRun, Synthesis
-from methods.networks import canonical_network_name, get_network, has_batchnorm
+from methods.networks import get_network, has_batchnorm
 from methods.realdata import ClassData
 from methods.registry import register, register_variant
 from methods.rng import derive_seed
-from methods.synthesis import LearnedMethod, check_dsa_strategy, dsa_for, get_loops, init_synthetic, sync
+from methods.synthesis import LearnedMethod, dsa_for, get_loops, image_loop_problems, init_synthetic, sync
 from methods.training import sgd, train_epoch
 
 DISTANCES = ("layerwise", "mse", "cos")
@@ -273,41 +273,24 @@ class DCConfig(MethodConfig):
     path: Literal["auto", "per_class", "batched"] = "auto"
 
     def validate(self) -> None:
-        problems = []
-        if self.iterations < 1:
-            problems.append(f"iterations must be >= 1, got {self.iterations}")
+        problems = image_loop_problems(self)
         if self.outer_loop is not None and self.outer_loop < 1:
             problems.append(f"outer_loop must be >= 1 (or None for the IPC table), got {self.outer_loop}")
         if self.inner_loop is not None and self.inner_loop < 0:
             problems.append(f"inner_loop must be >= 0 (or None for the IPC table), got {self.inner_loop}")
-        for key in ("lr_img", "lr_net"):
-            if not getattr(self, key) > 0:
-                problems.append(f"{key} must be > 0, got {getattr(self, key)}")
-        if not 0.0 <= self.momentum_img < 1.0:
-            problems.append(f"momentum_img must be in [0, 1), got {self.momentum_img}")
+        if not self.lr_net > 0:
+            problems.append(f"lr_net must be > 0, got {self.lr_net}")
         for key in ("batch_real", "batch_train", "bn_real_per_class"):
             if getattr(self, key) < 1:
                 problems.append(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.init not in ("noise", "real"):
-            problems.append(f"init must be 'noise' or 'real', got {self.init!r}")
         if self.distance not in DISTANCES:
             problems.append(f"distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
         if self.path not in PATHS:
             problems.append(f"path must be one of {', '.join(PATHS)}, got {self.path!r}")
-        try:
-            canonical_network_name(self.model)
-        except MethodError as exc:
-            problems.append(str(exc))
-        if self.dsa_strategy is not None:
-            if not self.dsa:
-                problems.append(
-                    "dsa_strategy is set but dsa is False; set dsa=True (or use method 'dsa') "
-                    "or drop dsa_strategy"
-                )
-            try:
-                check_dsa_strategy(self.dsa_strategy)
-            except MethodError as exc:
-                problems.append(str(exc))
+        if self.dsa_strategy is not None and not self.dsa:
+            problems.append(
+                "dsa_strategy is set but dsa is False; set dsa=True (or use method 'dsa') or drop dsa_strategy"
+            )
         if problems:
             raise MethodError("invalid DC config: " + "; ".join(problems))
 

@@ -37,15 +37,15 @@ from methods.augment import DSA
 from methods.config import MethodConfig
 from methods.errors import MethodError
 from methods.loop import LoopRun, Synthesis
-from methods.networks import canonical_network_name, get_network
+from methods.networks import get_network
 from methods.registry import register
 from methods.rng import derive_seed
 from methods.synthesis import (
     LearnedMethod,
     augment_per_class,
-    check_dsa_strategy,
     classes_per_chunk,
     dsa_for,
+    image_loop_problems,
     init_synthetic,
     real_batch,
     sync,
@@ -67,25 +67,11 @@ class DMConfig(MethodConfig):
     """None: the dataset's default (``default_dsa_strategy``: no flip for digits)."""
 
     def validate(self) -> None:
-        problems = []
-        if self.iterations < 1:
-            problems.append(f"iterations must be >= 1, got {self.iterations}")
+        problems = image_loop_problems(self)
         if self.batch_real < 1:
             problems.append(f"batch_real must be >= 1, got {self.batch_real}")
-        if not self.lr_img > 0:
-            problems.append(f"lr_img must be > 0, got {self.lr_img}")
-        if not 0 <= self.momentum_img < 1:
-            problems.append(f"momentum_img must be in [0, 1), got {self.momentum_img}")
-        if self.init not in ("noise", "real"):
-            problems.append(f"init must be 'noise' or 'real', got {self.init!r}")
-        try:
-            canonical_network_name(self.model)
-        except MethodError as exc:
-            problems.append(str(exc))
         if problems:
             raise MethodError("invalid DM config: " + "; ".join(problems))
-        if self.dsa and self.dsa_strategy is not None:
-            check_dsa_strategy(self.dsa_strategy)
 
 
 def dm_loss(net: nn.Module, real_x: Tensor, syn_x: Tensor, num_classes: int) -> Tensor:

@@ -5,8 +5,8 @@
   implements ``start`` (initial images, optimiser, counters) and ``step`` (one outer iteration).
 * Synthetic-set initialisation (:func:`init_synthetic`), class-major real batches
   (:func:`real_batch`), one siamese DSA draw per class (:func:`augment_per_class`, DSA §1.7 of
-  Zhao & Bilen, ICML 2021), the DSA module of a config (:func:`dsa_for`,
-  :func:`check_dsa_strategy`), chunked no-grad real forwards (:func:`classes_per_chunk`),
+  Zhao & Bilen, ICML 2021), the DSA module of a config (:func:`dsa_for`), the checks every
+  learned config shares (:func:`image_loop_problems`), chunked no-grad real forwards (:func:`classes_per_chunk`),
   DC's (outer_loop, inner_loop) table by IPC (:func:`get_loops`, used by DC and by CAFE's
   fixed bi-level loops) and :func:`sync` for timings.
 """
@@ -23,7 +23,7 @@ from methods.base import Method
 from methods.context import RunContext
 from methods.errors import MethodError
 from methods.loop import LoopRun, Synthesis, run_loop
-from methods.networks import has_batchnorm
+from methods.networks import canonical_network_name, has_batchnorm
 from methods.realdata import ClassData
 from methods.synset import SyntheticSet
 
@@ -112,9 +112,29 @@ def get_loops(ipc: int) -> tuple[int, int]:
     return LOOPS_BY_IPC[max(k for k in LOOPS_BY_IPC if k <= ipc)]
 
 
-def check_dsa_strategy(strategy: Optional[str]) -> None:
-    """Raise :class:`MethodError` naming the unknown token(s) of a DSA strategy string."""
-    parse_strategy(strategy)
+def image_loop_problems(config: Any) -> list[str]:
+    """Every problem with the fields the learned methods' configs share: ``iterations`` >= 1,
+    ``lr_img`` > 0, ``momentum_img`` in [0, 1), ``init`` 'noise' or 'real', a registered
+    ``model`` and, with ``dsa`` on, a valid ``dsa_strategy`` (None: the dataset's default)."""
+    problems = []
+    if config.iterations < 1:
+        problems.append(f"iterations must be >= 1, got {config.iterations}")
+    if not config.lr_img > 0:
+        problems.append(f"lr_img must be > 0, got {config.lr_img}")
+    if not 0 <= config.momentum_img < 1:
+        problems.append(f"momentum_img must be in [0, 1), got {config.momentum_img}")
+    if config.init not in ("noise", "real"):
+        problems.append(f"init must be 'noise' or 'real', got {config.init!r}")
+    try:
+        canonical_network_name(config.model)
+    except MethodError as exc:
+        problems.append(str(exc))
+    if config.dsa and config.dsa_strategy is not None:
+        try:
+            parse_strategy(config.dsa_strategy)
+        except MethodError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def dsa_for(real: ClassData, enabled: bool, strategy: Optional[str]) -> Optional[DSA]:

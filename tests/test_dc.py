@@ -259,11 +259,81 @@ def test_batched_and_per_class_runs_agree():
     torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-4)
 
 
-def test_batchnorm_model_runs_with_frozen_statistics():
-    real = make_classdata(3, 20, 1, 8, seed=2)
-    s = get_method("dc", {"model": "ConvNetBN", "iterations": 1, "outer_loop": 2, "inner_loop": 1,
-                          "batch_real": 8}).condense(real, 1, seed=0)
+BN_RUN = {"model": "ConvNetBN", "iterations": 2, "outer_loop": 2, "inner_loop": 1, "batch_real": 8}
+
+
+def _bn_during_matching(monkeypatch, freeze=None):
+    """Run DC on ConvNetBN and record, for every image step, each BatchNorm module's mode and
+    running statistics right after the real-statistics pass, when the matching step starts and
+    when it ends. ``freeze`` replaces :func:`methods.dc.freeze_batchnorm` (to show what a run
+    without the freeze would look like)."""
+    import methods.dc as dc_mod
+
+    steps: list[dict] = []
+
+    def bn_state(net):
+        return [(m.training, m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked))
+                for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    frozen = freeze or dc_mod.freeze_batchnorm
+
+    def spy_freeze(net, real, gen, per_class):
+        before = bn_state(net)
+        frozen(net, real, gen, per_class)
+        steps.append({"before_freeze": before, "after_freeze": bn_state(net)})
+
+    real_match = dc_mod.match_step
+
+    def spy_match(net, batches, **kw):
+        steps[-1]["start"] = bn_state(net)
+        out = real_match(net, batches, **kw)
+        steps[-1]["end"] = bn_state(net)
+        return out
+
+    monkeypatch.setattr(dc_mod, "freeze_batchnorm", spy_freeze)
+    monkeypatch.setattr(dc_mod, "match_step", spy_match)
+    s = get_method("dc", BN_RUN).condense(make_classdata(3, 20, 1, 8, seed=2), 1, seed=0)
     assert torch.isfinite(s.images).all()
+    return steps
+
+
+def _assert_statistics_frozen(steps):
+    """Every image step: BN in eval mode for the synthetic (and real) forwards of the matching
+    step, with exactly the statistics of the real-statistics pass, which the step leaves as
+    they are; the pass itself updated them (one train-mode forward per image step)."""
+    assert len(steps) == BN_RUN["iterations"] * BN_RUN["outer_loop"]
+    for step in steps:
+        assert step["after_freeze"]
+        for (*_, n0), (*_, n1) in zip(step["before_freeze"], step["after_freeze"]):
+            assert n1 == n0 + 1, "the real-statistics pass did not run once"
+        for when in ("start", "end"):
+            for (training, mean, var, n), (_, mean0, var0, n0) in zip(step[when], step["after_freeze"]):
+                assert not training, f"BatchNorm in train mode at the {when} of the matching step"
+                assert torch.equal(mean, mean0) and torch.equal(var, var0) and n == n0
+
+
+def test_batchnorm_statistics_are_frozen_for_the_matching_step(monkeypatch):
+    _assert_statistics_frozen(_bn_during_matching(monkeypatch))
+
+
+def test_frozen_batchnorm_check_catches_a_run_without_the_freeze(monkeypatch):
+    """The check above fails for the two ways of losing the freeze: statistics computed but BN
+    left in train mode (batch statistics of the synthetic images, running stats drift), and
+    no real-statistics pass at all."""
+    from methods.dc import freeze_batchnorm
+
+    def stats_but_train_mode(net, real, gen, per_class):
+        freeze_batchnorm(net, real, gen, per_class)
+        net.train()
+
+    def no_pass(net, real, gen, per_class):
+        net.train()
+
+    for variant in (stats_but_train_mode, no_pass):
+        with monkeypatch.context() as m:
+            steps = _bn_during_matching(m, freeze=variant)
+        with pytest.raises(AssertionError):
+            _assert_statistics_frozen(steps)
 
 
 def test_real_init_starts_from_real_images_and_ipc_is_validated():
