@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -523,25 +523,6 @@ def network_skeleton(name: str, channel: int, num_classes: int, im_size: Sequenc
     info = NETWORKS.get(canonical_network_name(name))
     with torch.device("meta"):
         return info.builder(int(channel), int(num_classes), (int(im_size[0]), int(im_size[1])))
-
-
-class _BuilderView(Mapping[str, Builder]):
-    """Read-only ``canonical name -> builder`` view of :data:`NETWORKS`, kept for callers of the
-    former ``_NETWORKS`` dict (``methods/cafe.py``); new code uses :func:`network_skeleton`."""
-
-    def __getitem__(self, name: str) -> Builder:
-        if name not in NETWORKS:
-            raise KeyError(name)
-        return NETWORKS.get(name).builder
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(network_names())
-
-    def __len__(self) -> int:
-        return len(network_names())
-
-
-_NETWORKS: Mapping[str, Builder] = _BuilderView()
 
 
 def has_batchnorm(net: nn.Module) -> bool:
