@@ -39,10 +39,10 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 import submitit
 
 from benchmarks import UserError, slurm_client
+from benchmarks.cells import Cell
 from benchmarks.profile import ClusterProfile
 from benchmarks.run_options import RunOptions
 from benchmarks.store import Store
-from benchmarks.sweep import Cell
 from benchmarks.worker import CellJob
 from methods.registry import Registry
 

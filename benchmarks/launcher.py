@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from benchmarks import slurm_client
+from benchmarks.cells import Cell
 from benchmarks.executors import (
     EXECUTORS, Executor, SlurmExecutor, Submitted, Work, executor_for, log_line, recover_submissions,
 )
 from benchmarks.run_options import RunOptions
 from benchmarks.store import Store
-from benchmarks.sweep import Cell, Sweep
+from benchmarks.sweep import Sweep
 
 PROGRESS_EVERY_S = 30.0
 """Seconds between the launcher's progress lines while it waits."""

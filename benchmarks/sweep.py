@@ -14,18 +14,11 @@ entry; an entry's keys win over the sweep's. They are checked with
 and handed to the evaluator by the worker. ``eval: {epochs: N}`` and ``budgets.eval_epochs``
 set the same thing; a spec may use one of them per method.
 
-A **cell** is one condensation run: (dataset, IPC, method + overrides, seed) plus the budgets
-that change its result. Evaluation architectures are *not* part of a cell's identity: each cell
-is evaluated on every architecture of ``eval_archs`` and writes one record per architecture, so
-adding an architecture later evaluates only the missing ones, reusing the stored synthetic set.
+The expansion is a list of :class:`benchmarks.cells.Cell` with stable ids (see there: what a
+cell is and what its id is computed from).
 
-Cell ids (:func:`cell_id`): the first 12 hex digits of the SHA-1 of the canonical JSON of every
-field that affects results -- dataset, ipc, method, canonicalised overrides (values normalised
-through the method's typed config, so ``0`` and ``0.0`` for a float field are the same cell),
-seed, iterations, num_eval, eval_epochs, the condensation architecture and, only when there are
-any, the evaluation-plan overrides (so cells of a sweep without ``eval:`` keep their ids). The
-label, the output folder, the profile and the executor do not enter the id. The special method ``whole``
-is the whole-dataset baseline (no condensation; ``ipc`` is null).
+The validator (one pass collecting every problem of a spec, so each check sees the state the
+earlier ones built) is most of this file and stays in one piece, hence its length.
 
 Relative paths in a spec (``output``, ``data_root``, ``tensor:`` datasets) are resolved against
 the current working directory of the launcher, like every other command-line path; jobs get the
@@ -35,25 +28,18 @@ absolute paths.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import tempfile
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
 from benchmarks import UserError
+from benchmarks.cells import WHOLE, Cell, cell_id
 from benchmarks.profile import ClusterProfile, read_profile
-
-WHOLE = "whole"
-"""Pseudo-method: train on the whole training set (the upper bound of every table)."""
-
-ID_VERSION = 1
-"""Salt of the cell-id hash; bump only if the meaning of a cell's fields changes."""
 
 SWEEP_DIR = Path(__file__).resolve().parent / "sweeps"
 
@@ -91,83 +77,6 @@ class SpecError(UserError):
         self.source = source
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{source} has {len(self.problems)} problem(s); nothing was submitted:\n{lines}")
-
-
-# --------------------------------------------------------------------------------------------
-# Cells
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One condensation run of a sweep (evaluated on each of ``eval_archs``)."""
-
-    cell_id: str
-    dataset: str
-    ipc: Optional[int]
-    method: str
-    label: str
-    overrides: Mapping[str, Any]
-    seed: int
-    eval_archs: tuple[str, ...]
-    num_eval: int
-    eval_epochs: Optional[int]
-    iterations: Optional[int]
-    train_arch: Optional[str]
-    eval: Mapping[str, Any] = field(default_factory=dict)
-    """Evaluation-plan overrides (``methods.protocol.EvalPlan`` fields, canonical values) that
-    the worker hands the evaluator; empty: the method's own plan."""
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["overrides"] = dict(self.overrides)
-        d["eval_archs"] = list(self.eval_archs)
-        d["eval"] = dict(self.eval)
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Cell":
-        return cls(
-            cell_id=d["cell_id"], dataset=d["dataset"], ipc=d["ipc"], method=d["method"],
-            label=d["label"], overrides=dict(d.get("overrides") or {}), seed=int(d["seed"]),
-            eval_archs=tuple(d["eval_archs"]), num_eval=int(d["num_eval"]),
-            eval_epochs=d.get("eval_epochs"), iterations=d.get("iterations"),
-            train_arch=d.get("train_arch"), eval=dict(d.get("eval") or {}),
-        )
-
-    @property
-    def is_whole(self) -> bool:
-        return self.method == WHOLE
-
-    def describe(self) -> str:
-        ipc = "whole" if self.ipc is None else f"ipc={self.ipc}"
-        return f"{self.dataset} {ipc} {self.label} seed={self.seed}"
-
-
-def id_fields(
-    *, dataset: str, ipc: Optional[int], method: str, overrides: Mapping[str, Any], seed: int,
-    iterations: Optional[int], num_eval: int, eval_epochs: Optional[int], train_arch: Optional[str],
-    eval: Optional[Mapping[str, Any]] = None,
-) -> dict[str, Any]:
-    """The fields a cell id is computed from (everything that affects the results).
-
-    The evaluation-plan overrides enter only when there are any, so every cell of a sweep
-    without ``eval:`` keeps the id it had before the key existed."""
-    fields = {
-        "v": ID_VERSION, "dataset": dataset, "ipc": ipc, "method": method,
-        "overrides": {k: overrides[k] for k in sorted(overrides)}, "seed": seed,
-        "iterations": iterations, "num_eval": num_eval, "eval_epochs": eval_epochs,
-        "train_arch": train_arch,
-    }
-    if eval:
-        fields["eval"] = {k: eval[k] for k in sorted(eval)}
-    return fields
-
-
-def cell_id(**fields: Any) -> str:
-    """Stable 12-hex-digit id: SHA-1 of the canonical JSON of :func:`id_fields`."""
-    canonical = json.dumps(id_fields(**fields), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------
