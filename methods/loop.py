@@ -152,7 +152,9 @@ def identity_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> 
     out = []
     for key, mine in ours.items():
         other = theirs.get(key)
-        if isinstance(mine, Mapping) and isinstance(other, Mapping):
+        if isinstance(mine, Mapping) and other is None:
+            out.append(f"{key} not recorded (a checkpoint of an older version)")
+        elif isinstance(mine, Mapping) and isinstance(other, Mapping):
             for sub in sorted(set(mine) | set(other), key=str):
                 if other.get(sub) != mine.get(sub):
                     out.append(f"{key} {sub} {other.get(sub)!r} (this run: {mine.get(sub)!r})")
