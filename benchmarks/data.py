@@ -287,6 +287,15 @@ def dataset_info(name: str) -> DatasetInfo:
                        name=key, display=path.stem)
 
 
+def dataset_display(name: str) -> str:
+    """The name tables print for dataset ``name`` (``MNIST``, ``CIFAR10``, ``Digits``, ...); a
+    ``tensor:`` dataset is shown by its file's stem (the file is not opened)."""
+    key = canonical_dataset_name(name)
+    if key.startswith(TENSOR_PREFIX):
+        return Path(key[len(TENSOR_PREFIX):]).stem
+    return DATASETS.get(key).info.display
+
+
 def is_tensor_dataset(name: str) -> bool:
     return str(name).strip().lower().startswith(TENSOR_PREFIX)
 

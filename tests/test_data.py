@@ -78,6 +78,8 @@ def test_every_builtin_dataset_has_its_display_name_and_statistics():
         "cifar100": "CIFAR100", "tinyimagenet": "TinyImageNet", "digits": "Digits",
     }
     assert {n: dataset_info(n.upper()).display for n in expected} == expected
+    assert {n: bdata.dataset_display(n) for n in expected} == expected
+    assert bdata.dataset_display("tensor:/nowhere/my_set.pt") == "my_set"
     assert dataset_names()[:7] == ["mnist", "fashionmnist", "svhn", "cifar10", "cifar100", "tinyimagenet", "digits"]
     assert dataset_info("cifar100").mean == (0.5071, 0.4866, 0.4409)  # DC's, not CIFAR10's
     assert dataset_info("svhn").to_dict()["im_size"] == [32, 32]
