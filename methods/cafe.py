@@ -1,12 +1,14 @@
 """CAFE: Condensing dataset by Aligning FEatures (Wang et al., CVPR 2022), reimplemented.
 
-Reference: the released code ``kaiwang960112/CAFE`` (``distill.py``, ``networks.py``), described
-in §1 of ``shared/reference/algorithms.md``. Every component is a config field so the paper's
-ablations are configs, not copies (``discrimination_weight=0`` is "without discrimination loss",
-``dynamic_bilevel=False`` is "fixed bi-level loops", ...).
+Reference: the paper's method section and the released code ``kaiwang960112/CAFE``
+(``distill.py``, ``networks.py``). Every component is a config field so the paper's ablations
+are configs, not copies (``discrimination_weight=0`` is "without discrimination loss",
+``dynamic_bilevel=False`` is "fixed bi-level loops", ...). The outer loop (budget, lr
+schedule, generators ``init/net/data/aug/train``, checkpoints, progress) is the shared one of
+:mod:`methods.loop`; this file is CAFE's config, loss, probe and one outer iteration.
 
-Loss of one image step (§1.4), for C classes, N real images and M = IPC synthetic images per
-class, through one network theta, with class means ``mean_c``:
+Loss of one image step, for C classes, N real images and M = IPC synthetic images per class,
+through one network theta, with class means ``mean_c``:
 
 * layer-wise alignment: ``sum_l w_l * D_l``, ``D_l = sum_c || mean_c f_l(R_c) - mean_c f_l(S_c) ||^2``
   (squared error summed over every feature element and class, no averaging: the released
@@ -21,36 +23,35 @@ class, through one network theta, with class means ``mean_c``:
 
 Deliberate differences from the released code (none changes the image gradient):
 
-* The real branch runs under ``torch.no_grad``. Its features are targets; in the discrimination
-  term the real embeddings are constants too (the logits are bilinear in ``f5(x_i)`` and
-  ``mu^S``, and the gradient reaches the images only through ``mu^S``). The released code keeps
-  the whole real graph and backpropagates into the weights (§6: ~4x the time, ~3.5x memory).
+* The real branch runs under ``torch.no_grad``: its features are targets and, in the
+  discrimination term, its embeddings are constants (the logits are bilinear in ``f5(x_i)``
+  and ``mu^S``; the gradient reaches the images only through ``mu^S``). The released code keeps
+  the whole real graph and backpropagates into the weights (README, Performance).
   ``tests/test_cafe.py`` checks that the gradient equals the one with the real graph kept.
 * The released loss also adds ``CE(net(R), y)`` of the real images. It does not depend on the
-  synthetic images and the weight gradients it produces are zeroed before any network step,
-  so it has no effect on the result: it is left out.
-* The image gradient is taken with ``torch.autograd.grad`` w.r.t. the images only, so no weight
-  gradients are computed during image steps.
-* The real batch of every class is stacked class-major and forwarded without autograd, for
-  networks without batch norm in chunks of whole classes (at most ``REAL_CHUNK_IMAGES`` images
-  on CUDA, ``CPU_REAL_CHUNK_IMAGES`` elsewhere; exact because every layer acts per sample), with
-  batch norm in one pass, so batch statistics are those of the full real batch as released.
-  The synthetic batch of all classes always goes through one pass.
+  synthetic images and its weight gradients are zeroed before any network step: left out.
+* The image gradient is taken with ``torch.autograd.grad`` w.r.t. the images only.
+* The real batch is stacked class-major and forwarded without autograd, for networks without
+  batch norm in chunks of whole classes (:func:`methods.synthesis.classes_per_chunk`; exact
+  because every layer acts per sample), with batch norm in one pass, so batch statistics are
+  those of the full real batch as released. The synthetic batch always goes through one pass.
 * Randomness comes from seeded CPU generators (net init, batches, probes, DSA), not the clock.
 * The released code runs iterations 0..2000 (2001); here ``iterations`` iterations are run and
-  the lr milestones are fractions of that count (0.6/0.8/0.9 of 2000 = 1200/1600/1800).
+  the lr milestones are fractions of that count (0.6/0.8/0.9 of 2000 = 1200/1600/1800). The
+  schedule depends on the budget, so a checkpoint records it and is refused by a run with
+  another budget.
 * The unbounded ``while`` loops are capped at ``max_loop_steps`` passes (None = unbounded as
   released). Each firing is counted in the cost figures (``cap_fired_outer/inner``).
 * The released inner loop also evaluates the network on the synthetic set after every epoch
   and discards the result; that pass is skipped.
-* Window entries are Python floats (the released code aliases one tensor on CPU and hangs, §6).
+* Window entries are Python floats (the released code aliases one tensor on the CPU and hangs).
 
-Dynamic bi-level optimisation (§1.5), per iteration: a fresh seeded network and its SGD
-(``lr_net``, no momentum); OUTER loop: image step, probe, append to the window, break when the
-window is full and its range is ``< lambda_outer`` (checked after the image step and before the
-inner loop, so the last pass updates the images but not the network); INNER loop: one epoch of
-CE training of the network on the detached synthetic set (batch ``batch_train``, per-sample DSA
-if ``dsa``), probe, break when the window is full and its range is ``> lambda_inner``.
+Dynamic bi-level optimisation, per iteration: a fresh seeded network and its SGD (``lr_net``,
+no momentum); OUTER loop: image step, probe, append to the window, break when the window is
+full and its range is ``< lambda_outer`` (checked after the image step and before the inner
+loop, so the last pass updates the images but not the network); INNER loop: one epoch of CE
+training of the network on the detached synthetic set (batch ``batch_train``, per-sample DSA if
+``dsa``), probe, break when the window is full and its range is ``> lambda_inner``.
 
 The probe measures the network's accuracy on ``probe_per_class`` random real *training* images
 per class, in train mode (as released), without autograd; the value is the mean per-class
@@ -58,21 +59,12 @@ accuracy. With ``probe_carryover`` the released code's accumulation is reproduce
 value is ``(previous + sum_c acc_c) / C``, reset only when a loop breaks. It is on by default
 because it changes the loops and hence the result: once the probe accuracy a exceeds ~0.3 the
 ramp of the carried value alone (a -> 1.11a) spans more than ``lambda_inner`` and every inner
-loop stops after exactly ``window`` epochs. Measured (CPU, seed 0, ConvNetW32, 1x16x16 blobs of
-``tests/conftest.make_classdata``, IPC 2, 2 iterations, batch_real/probe 16): on, 17.5 image
-steps and 165 inner epochs per iteration, every inner loop 10 epochs, no cap fired; off, 16.5
-image steps and 831.5 inner epochs per iteration, 15 of 31 inner loops stopped by the cap of 100.
-On the bundled digits (ConvNetW32, defaults otherwise, carry-over on): IPC 1 17.5 image steps /
-165 epochs per iteration, all loops 10 epochs; IPC 10 27 image steps / 440 epochs, 2 of 26
-inner loops capped (early on, while the accuracy is too low for the ramp to exceed 0.03);
-carry-over off, IPC 1: 18 image steps / 1250 epochs per iteration, 12 of 17 inner loops capped.
-``tests/test_cafe.py::test_probe_carryover_changes_the_loops`` keeps the first comparison.
+loop stops after exactly ``window`` epochs (README, Fidelity notes, gives the loop counts with
+and without it; ``tests/test_cafe.py::test_probe_carryover_changes_the_loops`` checks it).
 
 ``dynamic_bilevel=False`` replaces both loops by DC's fixed counts: ``outer_loop`` image steps
-with ``inner_loop`` epochs after every step but the last (None = DC's ``get_loops`` table by
-IPC: 1->(1,1), 10->(10,50), 20->(20,25), 30->(30,20), 40->(40,15), 50->(50,10); other IPCs use
-the entry of the largest table IPC not above them, so IPC > 50 uses (50,10) as the DC authors
-did, issue #2).
+with ``inner_loop`` epochs after every step but the last (None = DC's table by IPC,
+:func:`methods.synthesis.get_loops`; IPC > 50 uses (50, 10) as the DC authors did).
 
 Default layer weights (``layer_weights=None``): the deepest block and the pooled map weigh 1.0,
 every shallower block 0.1. For the default depth-3 ConvNet this is the released 0.1/0.1/1/1
@@ -80,7 +72,7 @@ every shallower block 0.1. For the default depth-3 ConvNet this is the released 
 16 px and more, as on 32x32 inputs.
 
 CAFE+DSA (``dsa=True``, registered as ``cafe_dsa``): each class's real and synthetic batch get
-one shared (siamese) DSA draw per image step (§1.7); inner-loop training uses per-sample DSA.
+one shared (siamese) DSA draw per image step; inner-loop training uses per-sample DSA.
 """
 
 from __future__ import annotations
@@ -195,7 +187,7 @@ def resolve_layer_weights(spec: Optional[LayerWeightSpec], feature_names: Sequen
 
 @dataclass(frozen=True)
 class CAFEConfig(MethodConfig):
-    """CAFE's hyper-parameters; defaults are the released code's (``distill.py``, §1.2)."""
+    """CAFE's hyper-parameters; defaults are the released code's (``distill.py``)."""
 
     iterations: int = 2000
     lr_img: float = 0.1

@@ -2,8 +2,10 @@
 
 References: Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching" (ICLR 2021)
 and Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation" (ICML 2021);
-official code ``VICO-UoE/DatasetCondensation:main.py`` / ``utils.py`` (§2.5-2.7 of the
-reference notes). Algorithm, per outer iteration ``it`` (§2.6):
+official code ``VICO-UoE/DatasetCondensation:main.py`` / ``utils.py``. The outer loop (budget,
+the one generator ``data``, checkpoints, progress, costs) is the shared one of
+:mod:`methods.loop`; this file is DC's config, gradient distances and one outer iteration.
+Algorithm, per outer iteration ``it`` (DC paper, Algorithm 1):
 
 1. a fresh ConvNet seeded from the run's generator, ``net.train()``, an SGD optimiser for it
    (``lr_net``, no momentum) created once for this iteration;
@@ -38,7 +40,7 @@ per-class oracle in ``tests/oracles.py``):
 
 * ``per_class``: the reference's loop, one real and one synthetic forward/backward per class.
   On a CPU the 256-image per-class batches already keep the cores busy, and this is the
-  fastest path measured (see the issue notes).
+  faster path there (README, Performance).
 * ``batched``: ``torch.func.vmap`` of ``torch.func.grad`` over the classes: one vectorised
   computation of every class's real gradient and one of every class's synthetic gradient
   (kept differentiable), with the distance vectorised over classes. On CUDA the per-class
@@ -47,9 +49,8 @@ per-class oracle in ``tests/oracles.py``):
 * ``auto`` (default) picks ``batched`` on CUDA devices and ``per_class`` everywhere else.
 
 Networks with ``nn.LayerNorm`` (``ConvNetLN``) always use ``per_class``: with torch 2.14 the
-double backward of ``layer_norm`` under ``vmap`` returns wrong image gradients (1-2 % off in
-float64 while the loss is exact; measured against the oracle), so :func:`batched_supported`
-rejects them.
+double backward of ``layer_norm`` under ``vmap`` returns wrong image gradients (the loss is
+exact; the gradients differ from the oracle's), so :func:`batched_supported` rejects them.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def resolve_path(path: str, device: torch.device | str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Gradient distances (§2.5, the reference's ``match_loss`` / ``distance_wb``)
+# Gradient distances (the reference's ``match_loss`` / ``distance_wb``)
 # --------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,8 @@
 """DM: Dataset Condensation with Distribution Matching (Zhao & Bilen, WACV 2023), reimplemented.
 
-Reference: ``VICO-UoE/DatasetCondensation:main_DM.py`` (§2.10 of the reference notes).
+Reference: ``VICO-UoE/DatasetCondensation:main_DM.py``. The outer loop (budget, generators
+``init/net/data/aug``, checkpoints, progress, costs) is the shared one of :mod:`methods.loop`;
+this file is DM's config, loss and one iteration.
 
 Per iteration: a fresh, seeded, randomly initialised network with every parameter frozen
 (``requires_grad=False``: no weight gradients are ever formed), its embedding ``net.embed``
@@ -54,7 +56,7 @@ from methods.synthesis import (
 
 @dataclass(frozen=True)
 class DMConfig(MethodConfig):
-    """DM's hyper-parameters; defaults are ``main_DM.py``'s (§2.1)."""
+    """DM's hyper-parameters; defaults are ``main_DM.py``'s."""
 
     iterations: int = 20000
     lr_img: float = 1.0

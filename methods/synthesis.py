@@ -4,8 +4,8 @@
   (budget, lr schedule, seeded generators, checkpoint/resume, progress, costs): a method
   implements ``start`` (initial images, optimiser, counters) and ``step`` (one outer iteration).
 * Synthetic-set initialisation (:func:`init_synthetic`), class-major real batches
-  (:func:`real_batch`), one siamese DSA draw per class (:func:`augment_per_class`, DSA §1.7 of
-  Zhao & Bilen, ICML 2021), the DSA module of a config (:func:`dsa_for`), the checks every
+  (:func:`real_batch`), one siamese DSA draw per class (:func:`augment_per_class`; DSA, Zhao & Bilen,
+  ICML 2021), the DSA module of a config (:func:`dsa_for`), the checks every
   learned config shares (:func:`image_loop_problems`), chunked no-grad real forwards (:func:`classes_per_chunk`),
   DC's (outer_loop, inner_loop) table by IPC (:func:`get_loops`, used by DC and by CAFE's
   fixed bi-level loops) and :func:`sync` for timings.
