@@ -51,12 +51,14 @@ class Registry(Generic[T]):
         self.error = error
         self._loader = loader
         self._entries: dict[str, T] = {}
+        self._spelling: dict[str, str] = {}  # key -> the name as registered (for messages)
 
     def add(self, name: str, entry: T) -> T:
         key = name.lower()
         if key in self._entries:
             raise ValueError(f"{self.kind} name '{name}' registered twice")
         self._entries[key] = entry
+        self._spelling[key] = name
         return entry
 
     def decorator(self, name: str, make_entry: Callable[[Any], T]) -> Callable[[Any], Any]:
@@ -77,7 +79,8 @@ class Registry(Generic[T]):
         self._load()
         key = str(name).lower()
         if key not in self._entries:
-            raise self.error(f"unknown {self.kind} '{name}'; valid {self.kind}s: {', '.join(sorted(self._entries))}")
+            valid = ", ".join(self._spelling[k] for k in sorted(self._entries))
+            raise self.error(f"unknown {self.kind} '{name}'; valid {self.kind}s: {valid}")
         return self._entries[key]
 
     def __contains__(self, name: object) -> bool:
