@@ -16,6 +16,8 @@ from typing import Any, Callable, Optional, Protocol
 
 import torch
 
+from methods.errors import MethodError
+
 
 class CheckpointStore(Protocol):
     """Where a method's loop state goes. ``benchmarks`` provides a file-backed one; tests use
@@ -64,6 +66,9 @@ class RunContext:
       trained feature network of herding/k-center) across runs; default computes every time.
     * ``log``: a callable for one-line progress messages.
     * ``stop_after``: raise :class:`StopRequested` after this many iterations (tests).
+    * ``resources``: artefacts of an earlier, shared stage that a method needs, by name (e.g.
+      ``"expert_trajectories"`` for trajectory matching); the caller loads them, a method reads
+      them with :meth:`resource`, which names the missing stage in its error.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -74,6 +79,7 @@ class RunContext:
     cache: Optional[Callable[[str, Callable[[], dict]], dict]] = None
     log: Callable[[str], None] = lambda msg: None
     stop_after: Optional[int] = None
+    resources: dict[str, Any] = field(default_factory=dict)
     _latest: Optional[dict[str, Any]] = field(default=None, repr=False)
     _done_in_this_run: int = field(default=0, repr=False)
 
@@ -109,6 +115,14 @@ class RunContext:
             return False
         self.checkpoint.save(self._latest)
         return True
+
+    def resource(self, name: str, how: str = "") -> Any:
+        """The shared artefact ``name`` the caller provided; :class:`MethodError` if absent
+        (``how`` says how to make it, e.g. which command runs the stage)."""
+        if name not in self.resources:
+            raise MethodError(f"this method needs {name.replace('_', ' ')}, which the run did not provide"
+                              + (f"; {how}" if how else ""))
+        return self.resources[name]
 
     def cached(self, key: str, compute: Callable[[], dict]) -> dict:
         return compute() if self.cache is None else self.cache(key, compute)
