@@ -319,9 +319,10 @@ class EvalPlan:
     def from_dict(cls, d: Mapping[str, Any]) -> "EvalPlan":
         """The plan of a stored dict (missing fields take the defaults); raises
         :class:`MethodError` on unknown keys, wrong types or invalid values."""
-        from methods.config import build_config
-
-        return build_config(cls, _plan_overrides(d))
+        problems = plan_problems(d)
+        if problems:
+            raise MethodError("invalid evaluation plan: " + "; ".join(problems))
+        return _merged(cls(), _plan_overrides(d)) if cls is EvalPlan else cls(**_plan_overrides(d))
 
     @classmethod
     def from_eval_defaults(cls, eval_defaults: Mapping[str, Any]) -> "EvalPlan":
