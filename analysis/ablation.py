@@ -5,11 +5,13 @@ Generic over methods: a method takes part when its records carry ablation switch
 (``components``, written by the suite from the method's own
 :meth:`methods.base.Method.components`, typically the components its paper ablates). Rows are
 grouped by (dataset, IPC, base method: the entry itself or the method it is a variant of); a
-group needs at least two labels. In a group, the reference row is the base method as published (registry
-entry, no overrides; the label that equals its registry name first), then the registered
-variants as published (registry order), then every other label (alphabetical). Columns: one
-✓/✗ column per component (– when a method has no such component), the overrides that make the
-row a variant, the accuracy and Δ = row − reference.
+group needs at least two labels. Overrides every row of a group shares (a reduced budget such as a loop cap)
+are the group's common settings, stated in a note, not a difference between rows. In a group,
+the reference row is the base method without other overrides (registry entry; the label that
+equals its registry name first), then the registered variants without other overrides
+(registry order), then every other label (alphabetical). Columns: one ✓/✗ column per component
+(– when a method has no such component), the overrides that make the row a variant, the
+accuracy and Δ = row − reference.
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ def overrides_text(overrides: dict) -> str:
     return ", ".join(f"{k}={_short(v)}" for k, v in sorted(overrides.items()))
 
 
-def group_rows(base: str, g: pd.DataFrame) -> tuple[list[dict], Any]:
-    """One entry per label of a group (stat, components, overrides, display ...) in row order,
-    and the reference label (None when the base method as published is absent)."""
+def group_rows(base: str, g: pd.DataFrame) -> tuple[list[dict], Any, dict]:
+    """One entry per label of a group (stat, components, own overrides, display ...) in row
+    order, the reference label (None when the base method without own overrides is absent) and
+    the overrides every row shares."""
     info = {}
     for lab, gg in g.groupby("label", sort=True):
         first = gg.sort_values(["seed", "cell_id"], kind="stable").iloc[0]
@@ -82,10 +85,15 @@ def group_rows(base: str, g: pd.DataFrame) -> tuple[list[dict], Any]:
             "stat": summarise(gg["accuracy"]),
             "method": str(first["method"]),
             "order": int(first["method_order"]),
-            "plain": bool(gg["plain"].all()),
             "components": json.loads(first["components"]),
             "overrides": json.loads(first["variant_overrides"]),
         }
+    canon = {lab: {k: json.dumps(x, sort_keys=True) for k, x in v["overrides"].items()} for lab, v in info.items()}
+    shared_keys = set.intersection(*(set(c.items()) for c in canon.values())) if canon else set()
+    shared = {k: next(iter(info.values()))["overrides"][k] for k, _ in sorted(shared_keys)}
+    for v in info.values():
+        v["overrides"] = {k: x for k, x in v["overrides"].items() if k not in shared}
+        v["plain"] = not v["overrides"]
     refs = sorted((lab for lab, v in info.items() if v["method"] == base and v["plain"]),
                   key=lambda lab: (lab != base, lab))
     ref = refs[0] if refs else None
@@ -98,7 +106,7 @@ def group_rows(base: str, g: pd.DataFrame) -> tuple[list[dict], Any]:
             return (1, v["order"], lab)
         return (2, 0, lab)
 
-    return [info[lab] for lab in sorted(info, key=order)], ref
+    return [info[lab] for lab in sorted(info, key=order)], ref, shared
 
 
 def _column_name(component: str) -> str:
@@ -119,9 +127,12 @@ def ablation_table(results: Results) -> Table:
         )
     entries = []
     components: list[str] = []
+    shared_notes = []
     for d, ipc, base, g in groups:
-        rows, ref = group_rows(base, g)
+        rows, ref, shared = group_rows(base, g)
         entries.append((d, ipc, base, rows, ref))
+        if shared:
+            shared_notes.append(f"{results.dataset_display(d)} IPC {ipc}: {overrides_text(shared)}")
         for row in rows:
             components.extend(k for k in row["components"] if k not in components)
     bases = list(dict.fromkeys(base for _, _, base, _, _ in entries))
@@ -155,9 +166,11 @@ def ablation_table(results: Results) -> Table:
         f"{names} variants: ✓/✗ = component on/off, as the method reads it from each record's "
         f"config ({EMPTY}: the method has no such component). Overrides: the config values that "
         f"make the row a variant. Accuracy: mean ± std (n runs) on the training architecture; "
-        f"{STD_NOTE}. Δ = variant − the method as published (no overrides) on the same "
+        f"{STD_NOTE}. Δ = variant − the method without other overrides on the same "
         f"dataset/IPC; {EMPTY} when that row is absent."
     ]
+    if shared_notes:
+        notes.append("Settings every row of a group shares: " + "; ".join(shared_notes) + ".")
     return Table(
         name="ablation",
         caption=f"{names} ablation: components and test accuracy (%)",

@@ -451,7 +451,7 @@ def ablation_bars(results: Results) -> Figure:
     colours = method_colours(results)
     groups = []
     for d, i, base, g in ablation_groups(results):
-        rows, ref_label = group_rows(base, g)
+        rows, ref_label, _ = group_rows(base, g)
         info = [(r["label"], r["stat"], r["display"]) for r in rows]
         ref = next((x for x in info if x[0] == ref_label), None)
         base_name = next((r["display"] for r in rows if r["method"] == base), base)

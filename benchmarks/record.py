@@ -31,7 +31,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from benchmarks.sweep import ARCH_FIELDS, WHOLE
+from benchmarks.cells import WHOLE
+from benchmarks.sweep import ARCH_FIELDS
 
 RECORD_SCHEMA = "condensation-bench/record"
 RECORD_SCHEMA_VERSION = 2
@@ -88,7 +89,9 @@ class Record:
     excluded: the training architecture has its own column); empty means the published method.
     ``accuracies`` are fractions in [0, 1], one per trained evaluation network. ``labels`` is
     ``hard`` (class ids) or ``soft`` (a label distribution per image). ``eval_plan`` is the
-    evaluation protocol as executed."""
+    evaluation protocol as executed (:class:`methods.protocol.EvalPlan`, every field);
+    ``selected_epochs`` the epoch each network's accuracy comes from when the plan selects on a
+    validation split (None: the final epoch)."""
 
     cell_id: str
     dataset: str
@@ -113,6 +116,7 @@ class Record:
     eval_augmentation: Optional[str] = None
     eval_plan: Mapping[str, Any] = field(default_factory=dict)
     labels: str = "hard"
+    selected_epochs: Optional[tuple[int, ...]] = None
     cost: Mapping[str, Any] = field(default_factory=dict)
     synset_path: Optional[str] = None
     code_version: str = ""
@@ -160,6 +164,8 @@ class Record:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
         kwargs["accuracies"] = tuple(float(a) for a in d["accuracies"])
+        if kwargs.get("selected_epochs") is not None:
+            kwargs["selected_epochs"] = tuple(int(e) for e in kwargs["selected_epochs"])
         for key in ("overrides", "method_config", "method_info", "components", "variant_overrides",
                     "eval_plan", "cost"):
             kwargs[key] = dict(kwargs.get(key) or {})
@@ -233,6 +239,9 @@ def record_problem(data: Any) -> Optional[str]:
             return f"components {', '.join(map(str, bad))} are not true/false"
         if data["labels"] not in LABEL_KINDS:
             return f"labels is {data['labels']!r}, expected one of {', '.join(LABEL_KINDS)}"
+        epochs = data.get("selected_epochs")
+        if epochs is not None and (not isinstance(epochs, list) or not all(_is_int(e) for e in epochs)):
+            return f"selected_epochs is {epochs!r}, expected a list of integers or null"
     return None
 
 
@@ -323,17 +332,14 @@ def method_fields(method: str, overrides: Mapping[str, Any],
 
 
 def dataset_fields(dataset: str) -> dict[str, Any]:
-    """``dataset_display`` and ``dataset_order`` (position in the dataset registry) of a
-    dataset name; a ``tensor:`` file is shown by its name, after the registered datasets."""
-    from benchmarks import data as _data
+    """``dataset_display`` (:func:`benchmarks.data.dataset_display`) and ``dataset_order``
+    (position in the dataset registry) of a dataset name; a ``tensor:`` file comes after the
+    registered datasets."""
+    from benchmarks.data import TENSOR_PREFIX, dataset_display, dataset_names
 
-    names = [n for n in _data.dataset_names() if not n.startswith(_data.TENSOR_PREFIX)]
+    names = [n for n in dataset_names() if not n.startswith(TENSOR_PREFIX)]
     key = str(dataset).lower()
-    display = None
-    show = getattr(_data, "dataset_display", None)
-    if callable(show) and key in names:
-        display = show(key)
-    return {"dataset_display": str(display or dataset),
+    return {"dataset_display": dataset_display(dataset),
             "dataset_order": names.index(key) if key in names else len(names)}
 
 

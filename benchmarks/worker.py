@@ -98,25 +98,6 @@ class CellJob(Checkpointable):
         return DelayedSubmission(self)  # pickled without the live context (__getstate__)
 
 
-def _label_kind(synset: Any) -> str:
-    """``soft`` when the set's labels are a distribution per image (floating point), else
-    ``hard`` (class ids)."""
-    labels = getattr(synset, "labels", None)
-    soft = labels is not None and (labels.dim() > 1 or labels.is_floating_point())
-    return "soft" if soft else "hard"
-
-
-def _accepted(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``kwargs`` that ``fn`` accepts; an override the evaluator
-    cannot take is an error, not silently dropped."""
-    params = inspect.signature(fn).parameters
-    unknown = [k for k in kwargs if k not in params]
-    if unknown:
-        raise TypeError(f"{fn.__name__} takes no {', '.join(unknown)}; this evaluator cannot apply "
-                        "the cell's evaluation overrides (update benchmarks/evaluate.py)")
-    return dict(kwargs)
-
-
 def _job_log_and_id() -> tuple[Optional[str], Optional[str]]:
     try:
         env = submitit.JobEnvironment()
@@ -175,37 +156,36 @@ def run_cell(
             "condense_peak_memory_mb": synset.cost.get("peak_memory_mb"),
         }
         condense_cost.update({k: v for k, v in synset.cost.items() if k not in ("wall_time_s", "peak_memory_mb")})
-    plan_overrides = getattr(cell, "eval", None)  # the sweep's evaluation-plan overrides, if any
-    eval_extra: dict[str, Any] = {"plan_overrides": plan_overrides} if plan_overrides else {}
+    plan_overrides = dict(cell.eval) or None  # the sweep's evaluation-plan overrides
     meta = method_fields(cell.method, dict(cell.overrides), method_config if synset is not None else None)
     meta.update(dataset_fields(cell.dataset))
-    labels = "hard" if synset is None else _label_kind(synset)
     written = []
     for arch in archs:
         if store.has_record(cell.cell_id, arch):
             continue
         if synset is None:
             kwargs = {} if cell.eval_epochs is None else {"epochs": cell.eval_epochs}
-            kwargs.update(_accepted(evaluate_whole_dataset, eval_extra))
             res = evaluate_whole_dataset(dataset, arch, num_eval=cell.num_eval, seed=cell.seed,
-                                         device=dev, progress=progress, **kwargs)
+                                         plan_overrides=plan_overrides, device=dev, progress=progress,
+                                         **kwargs)
         else:
             res = evaluate_synset(synset, dataset, arch, num_eval=cell.num_eval, epochs=cell.eval_epochs,
-                                  seed=cell.seed, device=dev, progress=progress,
-                                  **_accepted(evaluate_synset, eval_extra))
+                                  plan_overrides=plan_overrides, seed=cell.seed, device=dev,
+                                  progress=progress)
         cost = dict(condense_cost)
         cost.update({
             "eval_wall_time_s": res.wall_time_s, "eval_peak_memory_mb": res.peak_memory_mb,
             "eval_train_time_s": res.train_time_s, "eval_test_time_s": res.test_time_s,
         })
-        plan = as_plan_dict(getattr(res, "plan", None)) or plan_from_result(res.epochs, res.augmentation)
+        plan = as_plan_dict(res.plan) or plan_from_result(res.epochs, res.augmentation)
+        selected = None if res.selected_epochs is None else tuple(int(e) for e in res.selected_epochs)
         store.write_record(Record(
             cell_id=cell.cell_id, sweep=sweep_name, dataset=cell.dataset, ipc=cell.ipc,
             method=cell.method, label=cell.label, overrides=dict(cell.overrides),
             method_config=method_config, iterations=cell.iterations, seed=cell.seed,
             train_arch=cell.train_arch, eval_arch=res.arch, num_eval=res.num_eval,
             eval_epochs=res.epochs, eval_augmentation=None if res.augmentation is None else str(res.augmentation),
-            eval_plan=plan, labels=labels, accuracies=tuple(float(a) for a in res.accuracies), cost=cost,
+            eval_plan=plan, labels=res.labels, selected_epochs=selected, accuracies=tuple(float(a) for a in res.accuracies), cost=cost,
             synset_path=None if synset is None else store.synset_relpath(cell.cell_id),
             code_version=code_version(), host=socket.gethostname(), device=str(res.device), **meta,
         ))

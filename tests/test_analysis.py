@@ -3,8 +3,8 @@
 The fixture store below is written with the suite's own writer: every record is a
 :class:`benchmarks.record.Record` whose registry metadata comes from the method registry
 (:func:`benchmarks.record.method_fields`), written by :meth:`benchmarks.store.Store.write_record`,
-and ``cells.json`` holds :func:`benchmarks.record.enrich_cell` dicts -- only the accuracies, costs
-and dataset titles are made up. ``tests/test_records_e2e.py`` runs a real sweep instead. The
+and ``cells.json`` holds :func:`benchmarks.record.enrich_cell` dicts -- only the accuracies and
+costs are made up. ``tests/test_records_e2e.py`` runs a real sweep instead. The
 golden files under ``tests/golden/`` are the expected renderings of its main table; to
 regenerate them deliberately after a format change run
 ``CONDBENCH_REGEN_GOLDEN=1 pytest -q tests/test_analysis.py`` and review the diff.
@@ -88,8 +88,6 @@ WHOLE_ACC = {"mnist": [0.995, 0.997, 0.996, 0.996], "cifar10": [0.848, 0.847, 0.
 # cross-architecture evaluations (seed 0 only) for dc and cafe on cifar10 IPC 10
 CROSS = {("dc", "ResNet18"): [0.208, 0.210], ("cafe", "ResNet18"): [0.253, 0.251], ("random", "MLP"): [0.200, 0.220]}
 NO_NETWORK = ("random", "whole")  # condensed without a network: the runner writes train_arch null
-#: The dataset titles the suite writes (``dataset_display``); the order comes from the registry.
-TITLES = {"mnist": "MNIST", "cifar10": "CIFAR10"}
 
 
 def _cell_id(label: str, dataset: str, ipc, seed: int) -> str:
@@ -106,10 +104,6 @@ def _config(method: str, overrides: dict) -> dict:
         cfg = {}
     cfg.update(overrides)
     return cfg
-
-
-def _dataset_meta(dataset: str) -> dict:
-    return dict(dataset_fields(dataset), dataset_display=TITLES[dataset])
 
 
 def build_store(root: Path, *, synsets: bool = False) -> Path:
@@ -141,7 +135,7 @@ def build_store(root: Path, *, synsets: bool = False) -> Path:
             synset_path=None if whole else f"synsets/{cell['cell_id']}.pt",
             code_version="abc1234", host="node01", device="cpu", created="2026-11-21T08:00:00Z",
             **method_fields(cell["method"], cell["overrides"], None if whole else config),
-            **_dataset_meta(cell["dataset"]),
+            **dataset_fields(cell["dataset"]),
         ))
 
     for k, ((label, method, ov), table) in enumerate(ACC.items()):
@@ -182,7 +176,7 @@ def build_store(root: Path, *, synsets: bool = False) -> Path:
         json.dumps({"cell_id": fid, "error": "CUDA out of memory", "traceback": "Traceback ...", "log_path": "logs/123_0_log.err", "job_id": "123_0", "created": "2026-11-21T08:00:00Z"}),
         encoding="utf-8",
     )
-    enriched = [dict(enrich_cell(c), **_dataset_meta(c["dataset"])) for c in cells]
+    enriched = [enrich_cell(c) for c in cells]
     (root / "cells.json").write_text(json.dumps({"sweep": "fixture", "cells": enriched}, indent=1), encoding="utf-8")
     if synsets:
         _write_synsets(root)
