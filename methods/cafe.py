@@ -1,5 +1,8 @@
 """CAFE: Condensing dataset by Aligning FEatures (Wang et al., CVPR 2022), reimplemented.
 
+(Over the suite's ~500 lines per file because of the fidelity notes below; the code is CAFE's
+config, loss, probe and loops only: the outer loop and the shared helpers live elsewhere.)
+
 Reference: the paper's method section and the released code ``kaiwang960112/CAFE``
 (``distill.py``, ``networks.py``). Every component is a config field so the paper's ablations
 are configs, not copies (``discrimination_weight=0`` is "without discrimination loss",

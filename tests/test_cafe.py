@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import methods  # noqa: F401  (registers every method)
-from methods import cafe as cafe_mod
 from methods import synthesis
 from methods.config import build_config
 from methods.context import MemoryCheckpointStore, RunContext, StopRequested
