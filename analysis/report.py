@@ -131,7 +131,9 @@ def write_report(paths: Iterable[str | Path], out: str | Path, *, results: Optio
     sections.append("## Cost\n\n" + cost.to_markdown() + _figs_md(figs))
 
     figs = []
-    choices = F.synset_choices(results)
+    from analysis.image_grid import image_grid, synset_choices
+
+    choices = synset_choices(results)
     if choices.empty:
         summary.skipped.append("image grids: no synthetic sets (synsets/*.pt) found")
     for d in sorted(set(choices["dataset"]), key=results.dataset_key):
@@ -140,7 +142,7 @@ def write_report(paths: Iterable[str | Path], out: str | Path, *, results: Optio
                 summary,
                 f"image_grid_{d}_ipc{ipc}",
                 f"Synthetic images: {results.dataset_display(d)}, IPC {ipc}",
-                lambda d=d, ipc=ipc: F.image_grid(results, dataset=d, ipc=ipc),
+                lambda d=d, ipc=ipc: image_grid(results, dataset=d, ipc=ipc),
                 fdir,
                 figs,
             )

@@ -574,7 +574,7 @@ def test_every_figure_command_writes_a_real_png(store_with_synsets, tmp_path, ki
 
 
 def test_image_grid_denormalises_known_image(store_with_synsets):
-    from analysis.figures import denormalise, image_grid, image_grid_array
+    from analysis.image_grid import denormalise, image_grid, image_grid_array
 
     x = known_images(10, 10, 3, 8, seed=10)
     m, s = np.asarray(MEAN3).reshape(1, 3, 1, 1), np.asarray(STD3).reshape(1, 3, 1, 1)

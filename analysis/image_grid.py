@@ -1,0 +1,190 @@
+"""The synthetic-image grid figure: one panel per method, one row per class.
+
+Images are de-normalised with the set's own mean/std (:func:`denormalise`) and tiled by class
+(:func:`image_grid_array`); class names come from the set, else the standard datasets' names
+below. Reading a set needs torch (``methods.synset.SyntheticSet.load``, imported lazily).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.figures import COLUMN_WIDTH_IN, paper_style, plt
+from analysis.load import WHOLE, AnalysisError, Results
+from analysis.tables import LabelInfo
+
+#: Class names of the standard datasets (used when a synthetic set carries none).
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "mnist": tuple(str(i) for i in range(10)),
+    "svhn": tuple(str(i) for i in range(10)),
+    "digits": tuple(str(i) for i in range(10)),
+    "fashionmnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+        "Bag", "Ankle boot",
+    ),
+    "cifar10": (
+        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    ),
+}
+
+
+def denormalise(images: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the per-channel normalisation ``(x - mean) / std`` and clamp to [0, 1].
+
+    ``images``: (N, C, H, W) tensor or array. Returns a float64 numpy array of the same shape.
+    With empty ``mean``/``std`` (unknown statistics) the images are min-max scaled per image.
+    """
+    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    arr = arr.astype(np.float64)
+    if arr.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {arr.shape}")
+    c = arr.shape[1]
+    if len(mean) and len(std):
+        if len(mean) != c or len(std) != c:
+            raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {c} channels")
+        m = np.asarray(mean, dtype=np.float64).reshape(1, c, 1, 1)
+        s = np.asarray(std, dtype=np.float64).reshape(1, c, 1, 1)
+        arr = arr * s + m
+    else:
+        lo = arr.min(axis=(1, 2, 3), keepdims=True)
+        hi = arr.max(axis=(1, 2, 3), keepdims=True)
+        arr = (arr - lo) / np.where(hi - lo > 0, hi - lo, 1.0)
+    return np.clip(arr, 0.0, 1.0)
+
+
+def image_grid_array(
+    images: Any,
+    labels: Any,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    max_ipc: int = 10,
+    max_classes: int = 10,
+    pad: int = 1,
+) -> tuple[np.ndarray, list[int]]:
+    """Mosaic (H', W', C) in [0, 1]: one row per class (first ``max_classes`` classes), at most
+    ``max_ipc`` images per row in set order, ``pad`` white pixels between tiles.
+
+    Returns the mosaic and the class index of each row."""
+    x = denormalise(images, mean, std)
+    lab = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    lab = lab.astype(np.int64).reshape(-1)
+    n, c, h, w = x.shape
+    classes = [k for k in range(num_classes) if (lab == k).any()][:max_classes]
+    if not classes:
+        raise ValueError("the synthetic set has no images")
+    cols = min(max_ipc, max(int((lab == k).sum()) for k in classes))
+    mosaic = np.ones((len(classes) * (h + pad) - pad, cols * (w + pad) - pad, c))
+    for r, k in enumerate(classes):
+        idx = np.flatnonzero(lab == k)[:cols]
+        for j, i in enumerate(idx):
+            y0, x0 = r * (h + pad), j * (w + pad)
+            mosaic[y0 : y0 + h, x0 : x0 + w, :] = x[i].transpose(1, 2, 0)
+    return mosaic, classes
+
+
+def _class_names(dataset: str, num_classes: int, names: Optional[Sequence[str]]) -> list[str]:
+    if names and len(names) >= num_classes:
+        return [str(n) for n in names]
+    known = CLASS_NAMES.get(dataset.lower())
+    if known and len(known) >= num_classes:
+        return list(known)
+    return [f"class {k}" for k in range(num_classes)]
+
+
+def _load_synset(path: str):
+    from methods.synset import SyntheticSet  # lazy: only this figure needs torch
+
+    return SyntheticSet.load(path)
+
+
+def synset_choices(results: Results) -> pd.DataFrame:
+    """One synthetic set per (dataset, IPC, label): the lowest seed's, existing files only."""
+    runs = results.records
+    if runs.empty:
+        return pd.DataFrame(columns=["dataset", "ipc", "label", "label_display", "method", "method_order",
+                                     "family", "plain", "synset_path"])
+    r = runs[runs["synset_path"].notna() & (runs["method"] != WHOLE)]
+    r = r[[Path(p).is_file() for p in r["synset_path"]]] if not r.empty else r
+    r = r.sort_values(["dataset", "ipc", "label", "seed", "cell_id"], kind="stable")
+    r = r.drop_duplicates(["dataset", "ipc", "label"])
+    return r[["dataset", "ipc", "label", "label_display", "method", "method_order", "family", "plain",
+              "synset_path"]].reset_index(drop=True)
+
+
+def image_grid(
+    results: Results,
+    dataset: Optional[str] = None,
+    ipc: Optional[int] = None,
+    labels: Optional[Sequence[str]] = None,
+    *,
+    max_ipc: int = 10,
+    max_classes: int = 10,
+) -> Figure:
+    """Synthetic images, one panel per method (lowest seed), one row per class (class names
+    where known), at most ``max_ipc`` columns. Images are de-normalised with the set's own
+    mean/std and clamped to [0, 1]. Defaults to the first dataset and the largest IPC <= 10."""
+    choices = synset_choices(results)
+    if choices.empty:
+        raise AnalysisError("no synthetic sets (synsets/*.pt) found next to the records")
+    if dataset is not None:
+        choices = choices[choices["dataset"] == dataset.lower()]
+        if choices.empty:
+            raise AnalysisError(f"no synthetic sets for dataset {dataset!r}")
+    d = sorted(set(choices["dataset"]), key=results.dataset_key)[0]
+    choices = choices[choices["dataset"] == d]
+    if ipc is None:
+        ipcs = sorted(int(i) for i in choices["ipc"].unique())
+        small = [i for i in ipcs if i <= max_ipc]
+        ipc = small[-1] if small else ipcs[0]
+    choices = choices[choices["ipc"] == ipc]
+    if labels:
+        choices = choices[choices["label"].isin(list(labels))]
+    if choices.empty:
+        raise AnalysisError(f"no synthetic sets for {results.dataset_display(d)} at IPC {ipc}")
+    lm = LabelInfo(choices)
+    order = lm.ordered()
+    panels = []
+    for lab in order:
+        path = choices.loc[choices["label"] == lab, "synset_path"].iloc[0]
+        try:
+            syn = _load_synset(path)
+        except Exception as exc:  # unreadable or foreign file: say which, skip it
+            raise AnalysisError(f"cannot read synthetic set {path}: {exc}") from exc
+        mosaic, rows = image_grid_array(syn.images, syn.labels, syn.num_classes, syn.mean, syn.std, max_ipc=max_ipc, max_classes=max_classes)
+        names = _class_names(d, syn.num_classes, syn.class_names)
+        h = int(syn.images.shape[2])
+        panels.append((lab, mosaic, [names[k] for k in rows], h))
+    with paper_style():
+        ncls = max(len(p[2]) for p in panels)
+        widths = [p[1].shape[1] / p[1].shape[0] * ncls for p in panels]
+        tile_in = 0.22
+        fig_w = max(COLUMN_WIDTH_IN, 0.9 + tile_in * sum(widths) + 0.15 * len(panels))
+        fig_h = 0.45 + tile_in * ncls
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(fig_w, fig_h), squeeze=False, gridspec_kw={"width_ratios": widths},
+            layout="constrained",  # keeps the suptitle tight above the panel titles
+        )
+        for j, (ax, (lab, mosaic, names, h)) in enumerate(zip(axes[0], panels)):
+            ax.grid(False)
+            if mosaic.shape[2] == 1:
+                ax.imshow(mosaic[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(mosaic, interpolation="nearest")
+            ax.set_xticks([])
+            centres = [r * (h + 1) + h / 2 - 0.5 for r in range(len(names))]
+            ax.set_yticks(centres)
+            ax.set_yticklabels(names if j == 0 else [""] * len(names), fontsize=6)
+            ax.tick_params(length=0)
+            for side in ("top", "right", "left", "bottom"):
+                ax.spines[side].set_visible(False)
+            ax.set_title(lm.display[lab], fontsize=7)
+            ax._condbench_mosaic = mosaic  # the exact array shown, for tests
+        fig.suptitle(f"{results.dataset_display(d)}, {ipc} image{'s' if ipc != 1 else ''} per class", fontsize=8)
+    return fig
