@@ -18,8 +18,8 @@ gets **one** op chosen uniformly from the strategy (``'crop_scale_rotate'`` or `
 Every draw comes from the CPU ``torch.Generator`` passed in (the reference uses the global numpy
 RNG); all ops are vectorised over the images that chose them.
 
-Which strategy applies (:func:`methods.protocol.dc_strategy`, re-exported here; the evaluation
-plan's ``augmentation='auto'`` reads it): ``'crop_noise'`` when the evaluation architecture
+Which strategy applies (:func:`methods.protocol.dc_strategy`, read by the evaluation plan's
+``augmentation='auto'``): ``'crop_noise'`` when the evaluation architecture
 is ``ConvNetBN`` (checked last in the reference, so it wins), else ``'crop_scale_rotate'`` for
 MNIST, else none. The bundled ``digits`` dataset gets **none**: the reference rule names MNIST
 only, and digits exists for fast runs (augmentation would triple its evaluation epochs).
@@ -32,8 +32,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from methods.protocol import dc_strategy  # noqa: F401  (the rule lives with the evaluation plan)
 
 CROP = 4
 SCALE = 0.2

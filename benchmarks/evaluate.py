@@ -19,6 +19,9 @@ citations are written down) says how; its defaults are the published protocol:
 labels, a learned lr, Adam, cosine, ZCA, best-validation-epoch selection); :class:`EvalResult`
 records the effective plan, every field.
 
+This module resolves the plan and runs it; :mod:`benchmarks.eval_networks` trains and tests
+the networks (one at a time, or as a vectorised ensemble).
+
 Deliberate differences from the reference (none changes the protocol's statistics):
 
 * networks are seeded, never clock-seeded: network ``i`` for architecture ``a`` under seed
@@ -49,36 +52,31 @@ import hashlib
 import logging
 import math
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Literal, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from benchmarks import UserError
 from benchmarks.data import Dataset
-from benchmarks.dc_augment import DCAugment
+from benchmarks.eval_networks import NetworkResult, lr_schedule, network_seed, test_accuracy, train_networks
 from methods.context import CostMeter
-from methods.ensemble import autocast_context, resolve_mode, train_ensemble
 from methods.errors import MethodError
-from methods.networks import canonical_network_name, get_network
-from methods.protocol import (
-    Augmentation,
-    DCAugmentation,
-    DSAAugmentation,
-    EvalPlan,
-    ResolvedPlan,
-    apply_overrides,
-    epoch_schedule,
-)
+from methods.networks import canonical_network_name
+from methods.protocol import EvalPlan, ResolvedPlan, apply_overrides
 from methods.rng import make_generator
 from methods.synset import SyntheticSet
-from methods.training import Augment, LossFn, accuracy, make_loss, make_optimizer, train_epoch
 from methods.zca import ZCA
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "WHOLE_DATASET_EPOCHS", "EvaluationError", "EvalResult", "NetworkResult", "effective_plan",
+    "validation_split", "evaluate_synset", "evaluate_whole_dataset",
+    # the per-network side of the protocol, from benchmarks.eval_networks
+    "lr_schedule", "network_seed", "test_accuracy", "train_networks",
+]
 
 WHOLE_DATASET_EPOCHS = 20
 """Default epochs of the whole-dataset baseline. The reference has no fixed value for it (the
@@ -131,18 +129,8 @@ class EvalResult:
         return d
 
 
-class NetworkResult(NamedTuple):
-    """One trained network: its test accuracy, train and test seconds, and the epoch the
-    accuracy belongs to (the last one unless the plan selects on validation)."""
-
-    accuracy: float
-    train_s: float
-    test_s: float
-    epoch: int
-
-
 # --------------------------------------------------------------------------------------------
-# Plan: the effective plan and augmentation
+# The effective plan
 # --------------------------------------------------------------------------------------------
 
 
@@ -178,77 +166,6 @@ def effective_plan(
                         learned_lr=None if synset is None else synset.learned_lr)
 
 
-class Compose:
-    """Several augmentations applied in order, each drawing from the same generator."""
-
-    def __init__(self, augments: Sequence[Augment]) -> None:
-        self.augments = list(augments)
-
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        for aug in self.augments:
-            x = aug(x, generator)
-        return x
-
-    def __repr__(self) -> str:
-        return f"Compose({self.augments!r})"
-
-
-def _build_dc(aug: DCAugmentation) -> Augment:
-    return DCAugment(aug.strategy)
-
-
-def _build_dsa(aug: DSAAugmentation) -> Augment:
-    from methods.augment import DSA
-
-    return DSA(aug.strategy)
-
-
-AUGMENT_BUILDERS: dict[str, Callable[[Any], Augment]] = {"dc": _build_dc, "dsa": _build_dsa}
-"""Augmentation kind (:data:`methods.protocol.AUGMENTATIONS`) -> the callable it trains with."""
-
-
-def make_augment(augmentations: Sequence[Augmentation] | str) -> Optional[Augment]:
-    """The training-batch augmentation of resolved augmentations (or of a resolved spec string
-    such as ``EvalResult.augmentation``: ``'none'``, ``'dc:crop_noise'``, ``'dsa:color_crop'``)."""
-    if isinstance(augmentations, str):
-        try:
-            augmentations = EvalPlan(augmentation=augmentations).augmentations("", "")
-        except MethodError as exc:
-            raise EvaluationError(f"unknown augmentation '{augmentations}': {exc}") from None
-    built = []
-    for aug in augmentations:
-        builder = AUGMENT_BUILDERS.get(aug.name)
-        if builder is None:
-            raise EvaluationError(f"augmentation '{aug.name}' has no training callable in benchmarks.evaluate")
-        built.append(builder(aug))
-    if not built:
-        return None
-    return built[0] if len(built) == 1 else Compose(built)
-
-
-# --------------------------------------------------------------------------------------------
-# One network
-# --------------------------------------------------------------------------------------------
-
-
-def network_seed(seed: int, arch: str, net_index: int) -> int:
-    """63-bit seed of evaluation network ``net_index`` of ``arch`` under ``seed`` (stable
-    across processes and platforms: SHA-256 of ``"condbench-eval|seed|Arch|index"``)."""
-    text = f"condbench-eval|{int(seed)}|{canonical_network_name(arch)}|{int(net_index)}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & (2**63 - 1)
-
-
-def lr_schedule(epochs: int, lr: float = EvalPlan.lr) -> Iterator[tuple[int, float, bool]]:
-    """Yield ``(epoch, lr, new_optimizer)`` for the reference loop ``for ep in range(E + 1)``.
-
-    ``new_optimizer`` is True at epoch 0 and at the first epoch after ``E // 2 + 1``: the
-    reference multiplies lr by 0.1 *after* training epoch ``E // 2 + 1`` and builds a new SGD
-    optimiser then, so momentum starts from zero for the low-lr phase (the plan's
-    ``schedule='reference_step'``, :func:`methods.protocol.epoch_schedule`)."""
-    for ep, (current, new) in enumerate(epoch_schedule("reference_step", epochs, lr)):
-        yield ep, current, new
-
-
 def validation_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """``(train_indices, val_indices)`` of a stratified hold-out: in every class, a seeded
     ``round(fraction * n_c)`` (at least 1, at most ``n_c - 1``) of the images go to validation.
@@ -264,197 +181,6 @@ def validation_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor
         val.append(idx[:k])
         train.append(idx[k:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
-
-
-def train_and_test(
-    images: Tensor,
-    labels: Tensor,
-    test_images: Tensor,
-    test_labels: Tensor,
-    arch: str,
-    *,
-    num_classes: int,
-    channel: int,
-    im_size: Sequence[int],
-    epochs: int,
-    seed: int,
-    net_index: int,
-    augment: Optional[Augment],
-    device: torch.device | str,
-    lr: float = EvalPlan.lr,
-    momentum: float = EvalPlan.momentum,
-    weight_decay: float = EvalPlan.weight_decay,
-    batch_size: int = EvalPlan.batch_size,
-    bf16: bool = False,
-    channels_last: bool = False,
-    schedule: Optional[Sequence[tuple[float, bool]]] = None,
-    optimizer: str = EvalPlan.optimizer,
-    loss_fn: Optional[LossFn] = None,
-    validation: Optional[tuple[Tensor, Tensor]] = None,
-) -> NetworkResult:
-    """Train one fresh network and test it once; ``images`` etc. must already be on ``device``.
-
-    ``schedule`` (one ``(lr, new_optimizer)`` per pass) defaults to the reference schedule of
-    ``epochs`` and ``lr``. ``labels`` are class ids, or what ``loss_fn`` takes (soft-label
-    logits). With ``validation`` (images, labels of a held-out part of the training set) the
-    network is scored on it after every pass and tested with the weights of the best pass
-    (the earliest on ties); otherwise with the final weights."""
-    device = torch.device(device)
-    g = make_generator(network_seed(seed, arch, net_index))
-    net = get_network(arch, channel, num_classes, im_size, generator=g, device=device)
-    passes = list(schedule) if schedule is not None else [(r, n) for _ep, r, n in lr_schedule(epochs, lr)]
-    opt = None
-    best_acc, best_state, chosen = -1.0, None, len(passes) - 1
-    start = time.perf_counter()
-    for ep, (ep_lr, new) in enumerate(passes):
-        if new or opt is None:
-            opt = make_optimizer(optimizer, net.parameters(), ep_lr, momentum=momentum, weight_decay=weight_decay)
-        else:  # a schedule that changes lr without a new optimiser (cosine)
-            for group in opt.param_groups:
-                group["lr"] = ep_lr
-        with autocast_context(device, bf16):
-            train_epoch(net, images, labels, opt, batch_size=batch_size, generator=g, augment=augment,
-                        loss_fn=loss_fn)
-        if validation is not None:
-            val_acc = test_accuracy(net, validation[0], validation[1], bf16=bf16)
-            if val_acc > best_acc:
-                best_acc, chosen = val_acc, ep
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    _sync(device)
-    train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    acc = test_accuracy(net, test_images, test_labels, bf16=bf16, channels_last=channels_last)
-    _sync(device)
-    return NetworkResult(acc, train_s, time.perf_counter() - start, chosen)
-
-
-def test_accuracy(net: torch.nn.Module, images: Tensor, labels: Tensor, *, bf16: bool = False,
-                  channels_last: bool = False, batch_size: int = 1024) -> float:
-    """Final test pass (eval mode, no autograd), optionally bf16 autocast / channels-last."""
-    if channels_last and images.ndim == 4:
-        net = net.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    with autocast_context(images.device, bf16):
-        return accuracy(net, images, labels, batch_size=batch_size)
-
-
-test_accuracy.__test__ = False  # not a pytest test
-
-
-def train_networks_vectorized(
-    images: Tensor,
-    labels: Tensor,
-    test_images: Tensor,
-    test_labels: Tensor,
-    arch: str,
-    *,
-    net_indices: Sequence[int],
-    num_classes: int,
-    channel: int,
-    im_size: Sequence[int],
-    epochs: int,
-    seed: int,
-    augment: Optional[Augment],
-    device: torch.device,
-    bf16: bool = False,
-    channels_last: bool = False,
-    schedule: Optional[Sequence[tuple[float, bool]]] = None,
-    momentum: float = EvalPlan.momentum,
-    weight_decay: float = EvalPlan.weight_decay,
-    batch_size: int = EvalPlan.batch_size,
-) -> list[NetworkResult]:
-    """All networks of ``net_indices`` trained in one vectorised ensemble
-    (:func:`methods.ensemble.train_ensemble`), same seeds and draws as :func:`train_and_test`;
-    train seconds are the ensemble's time split evenly over the networks. SGD on hard labels
-    with the final epoch only (the published protocol)."""
-    gens = [make_generator(network_seed(seed, arch, i)) for i in net_indices]
-    nets = [get_network(arch, channel, num_classes, im_size, generator=g, device=device) for g in gens]
-    passes = list(schedule) if schedule is not None else [(r, n) for _ep, r, n in lr_schedule(epochs)]
-    start = time.perf_counter()
-    train_ensemble(nets, gens, images, labels, passes, momentum=momentum, weight_decay=weight_decay,
-                   batch_size=batch_size, augment=augment, mode="vectorized", bf16=bf16)
-    _sync(device)
-    train_s = (time.perf_counter() - start) / max(1, len(nets))
-    out = []
-    for net in nets:
-        start = time.perf_counter()
-        acc = test_accuracy(net, test_images, test_labels, bf16=bf16, channels_last=channels_last)
-        _sync(device)
-        out.append(NetworkResult(acc, train_s, time.perf_counter() - start, len(passes) - 1))
-    return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def train_networks(
-    images: Tensor,
-    labels: Tensor,
-    test_images: Tensor,
-    test_labels: Tensor,
-    arch: str,
-    *,
-    net_indices: Sequence[int],
-    num_classes: int,
-    channel: int,
-    im_size: Sequence[int],
-    epochs: int,
-    seed: int,
-    augmentation: str | Sequence[Augmentation],
-    device: torch.device,
-    progress: bool = False,
-    desc: str = "",
-    vectorize: Literal["auto", "sequential", "vectorized"] = "auto",
-    bf16: bool = False,
-    channels_last: bool = False,
-    plan: Optional[ResolvedPlan] = None,
-    validation: Optional[tuple[Tensor, Tensor]] = None,
-) -> list[NetworkResult]:
-    """Train and test one network per index, in order.
-
-    ``plan`` (a resolved plan; default: the published protocol with ``epochs`` and
-    ``augmentation``) gives the optimiser, schedule, loss and batch size; ``validation`` turns
-    on best-validation-epoch selection. The single place that trains "N networks": the
-    sequential loop here is the oracle that the vectorised path (``vectorize``, see the module
-    docstring; published protocol only) reproduces (same seeds per ``net_index``)."""
-    if plan is None:
-        base = EvalPlan(epochs=int(epochs))
-        plan = ResolvedPlan(base, int(epochs), (), base.lr)
-    p = plan.plan
-    augment = make_augment(augmentation)
-    schedule = epoch_schedule(p.schedule, int(epochs), plan.lr)
-    loss_fn = make_loss(p.loss, p.temperature)
-    published = p.optimizer == "sgd" and loss_fn is None and validation is None
-    probe = get_network(arch, channel, num_classes, im_size, seed=0, device="meta")
-    if published and len(net_indices) > 1 and resolve_mode(vectorize, device, probe) == "vectorized":
-        return train_networks_vectorized(
-            images, labels, test_images, test_labels, arch, net_indices=list(net_indices),
-            num_classes=num_classes, channel=channel, im_size=im_size, epochs=epochs, seed=seed,
-            augment=augment, device=device, bf16=bf16, channels_last=channels_last, schedule=schedule,
-            momentum=p.momentum, weight_decay=p.weight_decay, batch_size=p.batch_size,
-        )
-    out = []
-    indices = list(net_indices)
-    for n, i in enumerate(tqdm(indices, desc=desc or f"eval {arch}", disable=not progress, leave=False), 1):
-        out.append(
-            train_and_test(
-                images, labels, test_images, test_labels, arch,
-                num_classes=num_classes, channel=channel, im_size=im_size, epochs=epochs,
-                seed=seed, net_index=i, augment=augment, device=device, bf16=bf16,
-                channels_last=channels_last, schedule=schedule, momentum=p.momentum,
-                weight_decay=p.weight_decay, batch_size=p.batch_size, optimizer=p.optimizer,
-                loss_fn=loss_fn, validation=validation,
-            )
-        )
-        r = out[-1]
-        # one line per network: a long run (e.g. the whole-dataset baseline) shows its progress in job logs
-        log.info("%s network %d/%d: %.2f %% (train %.1f s, test %.1f s)", arch, n, len(indices), 100 * r.accuracy,
-                 r.train_s, r.test_s)
-    return out
 
 
 # --------------------------------------------------------------------------------------------

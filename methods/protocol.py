@@ -51,6 +51,7 @@ architecture; new kinds (CutMix, Mixup) register with :func:`register_augmentati
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ def register_augmentation(name: str):
 
 
 @dataclass(frozen=True)
-class Augmentation:
+class Augmentation(abc.ABC):
     """One training-minibatch augmentation of the evaluation, fully resolved (no 'auto').
 
     Subclasses are frozen dataclasses registered with :func:`register_augmentation`; they
@@ -104,17 +105,19 @@ class Augmentation:
     name: ClassVar[str] = ""
 
     @property
+    @abc.abstractmethod
     def spec(self) -> str:
-        raise NotImplementedError
+        """``name:argument`` as records show it."""
 
     @classmethod
     def argument_problem(cls, argument: Optional[str]) -> Optional[str]:
         return None
 
     @classmethod
+    @abc.abstractmethod
     def from_argument(cls, argument: Optional[str], plan: "EvalPlan", dataset_name: str,
                       arch: str) -> Optional["Augmentation"]:
-        raise NotImplementedError
+        """The augmentation for ``dataset_name`` / ``arch`` (None: it does not apply there)."""
 
 
 DC_STRATEGIES = ("crop_scale_rotate", "crop_noise")

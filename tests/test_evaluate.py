@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import benchmarks.evaluate as ev
+import benchmarks.eval_networks as nw
 from benchmarks.data import Dataset
-from benchmarks.dc_augment import DCAugment, dc_strategy
+from benchmarks.dc_augment import DCAugment
 from benchmarks.evaluate import (
     EvalResult,
     EvaluationError,
@@ -19,9 +19,8 @@ from benchmarks.evaluate import (
     evaluate_whole_dataset,
     lr_schedule,
     network_seed,
-    train_and_test,
 )
-from methods.protocol import EvalPlan
+from methods.protocol import EvalPlan, dc_strategy
 from methods.realdata import ClassData
 from methods.synset import SyntheticSet
 from tests.conftest import make_classdata
@@ -62,7 +61,7 @@ def test_lr_schedule_drops_after_epoch_half_plus_one():
 def test_training_recreates_the_optimizer_and_resets_momentum(monkeypatch):
     ds = _dataset()
     created, used = [], []
-    real_make, real_train_epoch = ev.make_optimizer, ev.train_epoch
+    real_make, real_train_epoch = nw.make_optimizer, nw.train_epoch
 
     def spy_make(name, params, lr, momentum=0.0, weight_decay=0.0):
         opt = real_make(name, params, lr, momentum=momentum, weight_decay=weight_decay)
@@ -73,9 +72,9 @@ def test_training_recreates_the_optimizer_and_resets_momentum(monkeypatch):
         used.append(optimizer)
         return real_train_epoch(net, images, labels, optimizer, **kw)
 
-    monkeypatch.setattr(ev, "make_optimizer", spy_make)
-    monkeypatch.setattr(ev, "train_epoch", spy_train_epoch)
-    train_and_test(ds.train.images, ds.train.labels, ds.test_images, ds.test_labels, "ConvNetW32",
+    monkeypatch.setattr(nw, "make_optimizer", spy_make)
+    monkeypatch.setattr(nw, "train_epoch", spy_train_epoch)
+    nw.train_and_test(ds.train.images, ds.train.labels, ds.test_images, ds.test_labels, "ConvNetW32",
                    num_classes=4, channel=1, im_size=(16, 16), epochs=6, seed=0, net_index=0,
                    augment=None, device="cpu")
     assert len(used) == 7
@@ -120,7 +119,7 @@ def test_same_seed_gives_bit_identical_accuracies_and_other_seeds_differ():
     b = evaluate_synset(syn, ds, "ConvNetW32", num_eval=2, epochs=8, seed=3)
     assert a.accuracies == b.accuracies
     assert network_seed(3, "convnetw32", 1) == network_seed(3, "ConvNetW32", 1) != network_seed(3, "ConvNetW32", 0)
-    single = train_and_test(syn.images, syn.labels, ds.test_images, ds.test_labels, "ConvNetW32",
+    single = nw.train_and_test(syn.images, syn.labels, ds.test_images, ds.test_labels, "ConvNetW32",
                             num_classes=4, channel=1, im_size=(16, 16), epochs=8, seed=3, net_index=1,
                             augment=None, device="cpu")
     assert single[0] == a.accuracies[1]  # each network reproducible on its own
@@ -169,14 +168,14 @@ def test_dsa_defaults_train_with_dsa(monkeypatch):
     ds = _dataset()
     syn = _synset(ds, 2, EvalPlan(dsa=True, dsa_strategy="color_crop_cutout_scale_rotate"))
     seen = []
-    real = ev.make_augment
+    real = nw.make_augment
 
     def spy(aug):
         out = real(aug)
         seen.append(out)
         return out
 
-    monkeypatch.setattr(ev, "make_augment", spy)
+    monkeypatch.setattr(nw, "make_augment", spy)
     result = evaluate_synset(syn, ds, "ConvNetW32", num_eval=1, epochs=2)
     assert result.augmentation == "dsa:color_crop_cutout_scale_rotate"
     assert type(seen[0]).__name__ == "DSA"

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import benchmarks.eval_networks as nw
 import benchmarks.evaluate as ev
 from benchmarks.cli import main
 from benchmarks.data import Dataset
@@ -204,14 +205,14 @@ def test_soft_labels_are_required_when_the_plan_asks_for_them():
 
 def _spy_optimizers(monkeypatch) -> list:
     created = []
-    real = ev.make_optimizer
+    real = nw.make_optimizer
 
     def spy(name, params, lr, **kw):
         opt = real(name, params, lr, **kw)
         created.append((name, lr, opt))
         return opt
 
-    monkeypatch.setattr(ev, "make_optimizer", spy)
+    monkeypatch.setattr(nw, "make_optimizer", spy)
     return created
 
 
@@ -233,13 +234,13 @@ def test_adam_cosine_plan_runs_and_each_epoch_gets_its_lr(monkeypatch):
     ds = _dataset()
     created = _spy_optimizers(monkeypatch)
     seen = []
-    real_epoch = ev.train_epoch
+    real_epoch = nw.train_epoch
 
     def spy_epoch(net, images, labels, optimizer, **kw):
         seen.append(optimizer.param_groups[0]["lr"])
         return real_epoch(net, images, labels, optimizer, **kw)
 
-    monkeypatch.setattr(ev, "train_epoch", spy_epoch)
+    monkeypatch.setattr(nw, "train_epoch", spy_epoch)
     result = evaluate_synset(_synset(ds, 2), ds, ARCH, num_eval=1, epochs=3, seed=0,
                              plan_overrides={"optimizer": "adam", "schedule": "cosine", "lr": 0.001})
     assert [name for name, _, _ in created] == ["adam"] and isinstance(created[0][2], torch.optim.Adam)
@@ -267,8 +268,8 @@ def test_augmentations_compose_and_resolve():
     assert augs == (DCAugmentation("crop_noise"), DSAAugmentation("color_crop_cutout_flip_scale_rotate"))
     resolved = plan.resolve("cifar10", "ConvNet")
     assert resolved.augmentation == "dc:crop_noise+dsa:color_crop_cutout_flip_scale_rotate" and resolved.epochs == 1000
-    built = ev.make_augment(augs)
-    assert isinstance(built, ev.Compose) and [type(a).__name__ for a in built.augments] == ["DCAugment", "DSA"]
+    built = nw.make_augment(augs)
+    assert isinstance(built, nw.Compose) and [type(a).__name__ for a in built.augments] == ["DCAugment", "DSA"]
     x = torch.randn(3, 3, 8, 8)
     assert built(x, make_generator(0)).shape == x.shape
     assert EvalPlan(augmentation="none", dsa=True).resolve("mnist", "ConvNetBN").augmentation == "none"
@@ -300,13 +301,13 @@ def test_a_whitened_set_evaluates_on_whitened_test_images(monkeypatch):
     base = _synset(ds, 5)
     syn = _synset(ds, 5, EvalPlan(zca=True), images=zca.whiten(base.images), zca=zca)
     tested = []
-    real = ev.test_accuracy
+    real = nw.test_accuracy
 
     def spy(net, images, labels, **kw):
         tested.append(images)
         return real(net, images, labels, **kw)
 
-    monkeypatch.setattr(ev, "test_accuracy", spy)
+    monkeypatch.setattr(nw, "test_accuracy", spy)
     result = evaluate_synset(syn, ds, ARCH, num_eval=2, epochs=5, seed=0)
     assert len(tested) == 2 and all(torch.equal(t, zca.whiten(ds.test_images)) for t in tested)
     assert result.plan["zca"] is True
@@ -336,7 +337,7 @@ def test_best_val_never_touches_the_test_set_and_tests_the_best_validation_epoch
     syn = _synset(ds, 3)
     scores = iter([0.2, 0.7, 0.4, 0.7, 0.1])  # best (earliest on ties): epoch 1
     snapshots, tested = [], []
-    real = ev.test_accuracy
+    real = nw.test_accuracy
 
     def spy(net, images, labels, **kw):
         if images.data_ptr() == ds.test_images.data_ptr() or torch.equal(images, ds.test_images):
@@ -348,7 +349,7 @@ def test_best_val_never_touches_the_test_set_and_tests_the_best_validation_epoch
         snapshots.append([p.detach().clone() for p in net.parameters()])
         return next(scores)
 
-    monkeypatch.setattr(ev, "test_accuracy", spy)
+    monkeypatch.setattr(nw, "test_accuracy", spy)
     result = evaluate_synset(syn, ds, ARCH, num_eval=1, epochs=4, seed=0, plan_overrides={"selection": "best_val"})
     assert len(snapshots) == 5 and len(tested) == 1  # validated every pass, tested once
     assert result.selected_epochs == [1] and result.plan["selection"] == "best_val"
