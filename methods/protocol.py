@@ -325,7 +325,7 @@ class EvalPlan:
         problems = plan_problems(d)
         if problems:
             raise MethodError("invalid evaluation plan: " + "; ".join(problems))
-        return _merged(cls(), _plan_overrides(d)) if cls is EvalPlan else cls(**_plan_overrides(d))
+        return _merged(cls(), _plan_overrides(d))
 
     @classmethod
     def from_eval_defaults(cls, eval_defaults: Mapping[str, Any]) -> "EvalPlan":

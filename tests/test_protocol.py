@@ -17,7 +17,7 @@ from benchmarks.data import Dataset
 from benchmarks.evaluate import EvaluationError, effective_plan, evaluate_synset, evaluate_whole_dataset, validation_split
 from methods import get_method
 from methods.ensemble import train_ensemble
-from methods.errors import MethodError
+from methods.errors import MethodError, SyntheticSetFormatError
 from methods.networks import get_network
 from methods.protocol import (
     DCAugmentation,
@@ -144,7 +144,7 @@ def test_to_dict_has_every_field_and_round_trips():
     plan = EvalPlan(labels="soft", loss="kl", temperature=4.0, optimizer="adam", zca=True, selection="best_val")
     d = plan.to_dict()
     assert list(d) == plan_keys() and EvalPlan.from_dict(d) == plan
-    with pytest.raises(MethodError, match="unknown eval plan|unknown config key"):
+    with pytest.raises(MethodError, match="invalid evaluation plan: unknown eval plan key 'novel'"):
         EvalPlan.from_dict({**d, "novel": 1})
 
 
@@ -378,6 +378,10 @@ def test_format_2_stores_plan_soft_labels_lr_and_zca(tmp_path):
     back = SyntheticSet.load(tmp_path / "s.pt")
     assert back.eval_plan == syn.eval_plan and back.learned_lr == 0.02
     assert torch.equal(back.soft_labels, syn.soft_labels) and torch.equal(back.zca.eigenvectors, zca.eigenvectors)
+    raw["eval_plan"]["optimiser"] = "sgd"
+    torch.save(raw, tmp_path / "bad.pt")
+    with pytest.raises(SyntheticSetFormatError, match="corrupt synthetic set: invalid evaluation plan: unknown eval plan key 'optimiser'"):
+        SyntheticSet.load(tmp_path / "bad.pt")
 
 
 def test_format_1_files_load_and_evaluate_identically(tmp_path):
