@@ -20,7 +20,9 @@ Schema versions: 1 (before the registry metadata) and 2 (this one). :meth:`Recor
 reads both; a version-1 record gets what can be derived without the registry: the raw method
 name as its display name and no family, order or components (tables list such rows by name,
 after the registered methods), hard labels, and an evaluation plan made of the recorded
-epochs and augmentation. Re-running the cell (``--force``) writes a version-2 record.
+epochs and augmentation. The writer side upgrades them in place with the registry's metadata
+(:func:`upgrade_record`; :meth:`benchmarks.store.Store.init` does it for a store's records each
+time a sweep is launched into it), so re-running a sweep brings an old store up to date.
 """
 
 from __future__ import annotations
@@ -343,6 +345,30 @@ def dataset_fields(dataset: str) -> dict[str, Any]:
             "dataset_order": names.index(key) if key in names else len(names)}
 
 
+def upgrade_record(data: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """A usable version-1 record rewritten as version 2 with the registry metadata of its
+    method (its recorded config decides the components), or None when ``data`` is not a usable
+    version-1 record or its method is no longer registered (it then stays as it is and is read
+    by its raw name). Every version-1 field is kept."""
+    if record_problem(data) is not None or data.get("schema_version") != 1:
+        return None
+    from methods.errors import MethodError
+
+    d = dict(data)
+    whole = d["method"] == WHOLE
+    try:
+        meta = method_fields(d["method"], dict(d.get("overrides") or {}),
+                             None if whole else dict(d.get("method_config") or {}))
+    except MethodError:
+        return None
+    d.update(meta)
+    d.update(dataset_fields(d["dataset"]))
+    d.setdefault("labels", "hard")  # version 1 stored class-id labels only
+    d.setdefault("eval_plan", plan_from_result(d.get("eval_epochs"), d.get("eval_augmentation")))
+    d["schema_version"] = RECORD_SCHEMA_VERSION
+    return d if record_problem(d) is None else None
+
+
 def enrich_cell(cell: Mapping[str, Any]) -> dict[str, Any]:
     """A ``Cell.to_json()`` dict plus what ``analysis`` needs to name it when it has no
     record yet (``cells.json``): the method fields and the dataset fields."""
@@ -355,5 +381,5 @@ def enrich_cell(cell: Mapping[str, Any]) -> dict[str, Any]:
 __all__ = [
     "COST_KEYS", "LABEL_KINDS", "RECORD_SCHEMA", "RECORD_SCHEMA_VERSION", "Record", "RecordError",
     "UNKNOWN_ORDER", "WHOLE", "WHOLE_INFO", "as_plan_dict", "dataset_fields", "enrich_cell",
-    "fallback_info", "method_fields", "plan_from_result", "record_problem",
+    "fallback_info", "method_fields", "plan_from_result", "record_problem", "upgrade_record",
 ]

@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
 
-from benchmarks.record import RECORD_SCHEMA, RECORD_SCHEMA_VERSION, Record, enrich_cell
+from benchmarks.record import RECORD_SCHEMA, RECORD_SCHEMA_VERSION, Record, enrich_cell, upgrade_record
 _ARCH_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -167,12 +167,31 @@ class Store:
         previous ones: records of cells no longer in the spec stay on disk for analysis).
 
         ``cells`` are ``Cell.to_json()`` dicts; each is written with its registry metadata
-        (:func:`benchmarks.record.enrich_cell`: method info, components, dataset display)."""
+        (:func:`benchmarks.record.enrich_cell`: method info, components, dataset display).
+        Version-1 records already in the store are upgraded (:meth:`upgrade_records`)."""
         enriched = [enrich_cell(c) for c in cells]
         for sub in ("records", "synsets", "failures", "jobs", "checkpoints", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.root / "spec.yaml", spec_text.encode())
         atomic_write_json(self.root / "cells.json", {"sweep": sweep_name, "cells": enriched})
+        self.upgrade_records()
+
+    def upgrade_records(self) -> int:
+        """Rewrite every version-1 record of the store as version 2 with its method's registry
+        metadata (:func:`benchmarks.record.upgrade_record`; atomic, every old field kept);
+        returns how many were upgraded. Records of methods no longer registered stay as they are."""
+        count = 0
+        if not self.records_dir.is_dir():
+            return count
+        for path in sorted(self.records_dir.glob("*.json")):
+            data = read_json(path)
+            if not isinstance(data, dict) or data.get("schema_version") != 1:
+                continue
+            new = upgrade_record(data)
+            if new is not None:
+                atomic_write_json(path, new)
+                count += 1
+        return count
 
     def read_cells(self) -> tuple[str, list[dict[str, Any]]]:
         data = read_json(self.root / "cells.json")

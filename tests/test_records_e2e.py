@@ -134,3 +134,45 @@ def test_renaming_a_display_name_in_the_registry_renames_the_table_row(tmp_path,
     assert [r[0].text for r in main_table(res).rows] == ["Random", "Gradient Matching"]
     cells = json.loads((tmp_path / "out" / "cells.json").read_text())["cells"]
     assert {c["method_info"]["display"] for c in cells} == {"Random", "Gradient Matching"}
+
+
+def _v1_record(cell_id: str, method: str, overrides: dict, config: dict) -> dict:
+    return {
+        "schema": "condensation-bench/record", "schema_version": 1, "status": "done", "cell_id": cell_id,
+        "sweep": "old", "dataset": "mnist", "ipc": 1, "method": method, "label": method,
+        "overrides": overrides, "method_config": config, "seed": 0, "train_arch": "ConvNet",
+        "eval_arch": "ConvNet", "num_eval": 1, "eval_epochs": 300, "eval_augmentation": "dsa",
+        "accuracies": [0.5], "cost": {}, "synset_path": None, "code_version": "x", "host": "h",
+        "device": "cpu", "created": "2026-01-01T00:00:00+00:00",
+    }
+
+
+def test_a_store_of_version_1_records_is_upgraded_with_the_registry_metadata(tmp_path):
+    """Launching a sweep into an old store (Store.init) upgrades its version-1 records: the
+    registry decides their row (cafe + dsa is cafe_dsa), name and components; a method that is
+    no longer registered keeps its record as it was."""
+    from benchmarks.store import Store
+
+    store = Store(tmp_path / "old")
+    old = {
+        "a": _v1_record("a", "cafe", {"dsa": True, "model": "ConvNet"}, {"dsa": True, "model": "ConvNet"}),
+        "b": dict(_v1_record("b", "cafe", {"discrimination_weight": 0.0}, {"discrimination_weight": 0.0}),
+                  label="w/o disc"),
+        "c": _v1_record("c", "gone_method", {}, {}),
+    }
+    store.records_dir.mkdir(parents=True)
+    for cid, rec in old.items():
+        store.record_path(cid, "ConvNet").write_text(json.dumps(rec))
+    store.init("old", "name: old\n", [])
+    recs = {p.name.split("__")[0]: json.loads(p.read_text()) for p in store.records_dir.glob("*.json")}
+    assert recs["c"] == old["c"]  # unknown method: untouched, read by its raw name
+    for cid in ("a", "b"):
+        assert recs[cid]["schema_version"] == RECORD_SCHEMA_VERSION
+        assert {k: recs[cid][k] for k in old[cid]} == {**old[cid], "schema_version": RECORD_SCHEMA_VERSION}
+    a, b = Record.from_json(recs["a"]), Record.from_json(recs["b"])
+    assert a.entry == "cafe_dsa" and a.plain and a.components["DSA"] is True
+    assert a.dataset_display == "MNIST" and a.eval_plan == {"epochs": 300, "augmentation": "dsa"}
+    assert b.entry == "cafe" and b.variant_overrides == {"discrimination_weight": 0.0}
+    assert b.components["Discrimination"] is False
+    rows = [r[0].text for r in main_table(load_results([tmp_path / "old"])).rows]
+    assert rows == ["CAFE+DSA", "gone_method", "w/o disc"]  # registered as published, unknown, variant
