@@ -60,12 +60,7 @@ from typing import Any, ClassVar, Literal, Mapping, Optional
 from methods.errors import MethodError
 from methods.registry import Registry
 
-LABELS = ("hard", "soft")
-LOSSES = ("ce", "soft_ce", "kl")
-LR_SOURCES = ("fixed", "learned")
-OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("reference_step", "cosine", "constant")
-SELECTIONS = ("final", "best_val")
 
 REFERENCE_LR = 0.01
 REFERENCE_EPOCHS_WITH_AUG = 1000
@@ -305,7 +300,7 @@ class EvalPlan:
         """What this plan needs from the synthetic set that the set lacks."""
         p = []
         if self.labels == "soft" and not has_soft_labels:
-            p.append("the plan trains on soft labels (labels=soft) but the set stores none; use labels=hard loss=ce")
+            p.append("the plan trains on soft labels (labels=soft) but the set stores none; use labels=hard")
         if self.lr_source == "learned" and not has_learned_lr:
             p.append("the plan uses the set's learned lr (lr_source=learned) but the set stores none; "
                      "use lr_source=fixed")

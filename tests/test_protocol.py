@@ -466,3 +466,12 @@ def test_eval_set_reaches_the_evaluation_and_the_record(digits_set, capsys, tmp_
     assert record["plan_overrides"] == {"epochs": 1, "schedule": "constant"}
     assert record["results"][0]["plan"]["schedule"] == "constant" and record["results"][0]["epochs"] == 1
     assert record["eval_plan"]["schedule"] == "reference_step"  # the set's own plan is unchanged
+
+
+def test_whole_explain_shows_the_baseline_plan_with_overrides(capsys, monkeypatch):
+    monkeypatch.setattr(ev, "train_networks", lambda *a, **k: pytest.fail("--explain must not train"))
+    assert main(["whole", "--dataset", "mnist", "--arch", "ConvNet", "--explain", "--eval-set", "selection=best_val",
+                 "--device", "cpu"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[3:]}
+    assert rows["selection"] == ["best_val"] and rows["epochs"] == ["20"]
+    assert rows["augmentation"] == ["dc:crop_scale_rotate"]
