@@ -535,6 +535,7 @@ class CAFE(LearnedMethod):
         sync(run.device)
         syn.counters["image_step_s"] += time.perf_counter() - t0
         syn.counters["image_steps"] += 1
+        run.heartbeat()
         return float(loss.detach())
 
     def _inner_epoch(self, run: LoopRun, syn: CAFERun, net: nn.Module, opt_net: torch.optim.Optimizer,
@@ -545,6 +546,7 @@ class CAFE(LearnedMethod):
         sync(run.device)
         syn.counters["inner_epoch_s"] += time.perf_counter() - t0
         syn.counters["inner_epochs"] += 1
+        run.heartbeat()
 
     def progress_note(self, run: LoopRun, syn: CAFERun) -> str:
         c = syn.counters

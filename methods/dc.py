@@ -380,6 +380,7 @@ class DC(LearnedMethod):
             sync(device)
             counters["matching_time_s"] += time.perf_counter() - t0
             counters["image_steps"] += 1
+            run.heartbeat()
             if ol == syn.outer_loop - 1:
                 break  # the reference does not train the net after the last image step
             t0 = time.perf_counter()
@@ -390,6 +391,7 @@ class DC(LearnedMethod):
             sync(device)
             counters["inner_time_s"] += time.perf_counter() - t0
             counters["inner_epochs"] += syn.inner_loop
+            run.heartbeat()
         syn.history.append(float(loss_sum) / (num_classes * syn.outer_loop))
         return syn.history[-1]
 

@@ -13,7 +13,8 @@ driver owns everything around them, identically for every method:
 * checkpoint/resume through :class:`LoopState` and :meth:`RunContext.iteration_done` /
   :meth:`RunContext.resume_state` (and so preemption: ``RunContext.save_latest``);
 * progress: a tqdm bar (``context.progress``) and a ``context.log`` line at the first and last
-  iteration, every twentieth of the budget and at least every :data:`LOG_INTERVAL_S` seconds;
+  iteration, every twentieth of the budget and at least every :data:`LOG_INTERVAL_S` seconds
+  (within long iterations too, where the step calls ``run.heartbeat()``);
 * wall time (summed across resumes) and peak memory (:class:`CostMeter`), and the cost figures.
 
 The checkpoint identity is the method's name, seed, IPC and config (without ``iterations``);
@@ -196,6 +197,10 @@ def seeded_generators(seed: int, names: Sequence[str]) -> dict[str, torch.Genera
     return {k: make_generator(derive_seed(root)) for k in names}
 
 
+def _no_heartbeat() -> None:
+    return None
+
+
 @dataclass
 class LoopRun:
     """What the driver hands a method's ``start`` and ``step``: the data, IPC, seed, context,
@@ -207,6 +212,10 @@ class LoopRun:
     context: RunContext
     iterations: int
     generators: dict[str, torch.Generator]
+    heartbeat: Callable[[], None] = field(default=_no_heartbeat, repr=False)
+    """Call from inside a long ``step`` (e.g. after every image step): logs a progress line when
+    :data:`LOG_INTERVAL_S` passed since the last one, so job logs show progress within long
+    iterations too."""
 
     @property
     def device(self) -> torch.device:
@@ -276,6 +285,34 @@ def lr_factor(iteration: int, milestones: Sequence[int], decay: float) -> float:
     return decay ** sum(1 for m in milestones if iteration >= m)
 
 
+class _Progress:
+    """The driver's progress lines: one per due iteration, and heartbeats within iterations."""
+
+    def __init__(self, method: LoopMethod, run: LoopRun, syn: Synthesis, context: RunContext,
+                 *, start: float, before: float) -> None:
+        self.method, self.run, self.syn, self.context = method, run, syn, context
+        self.start, self.before = start, before
+        self.iteration = 0
+        self.last = time.perf_counter()
+
+    def overdue(self) -> bool:
+        return time.perf_counter() - self.last >= LOG_INTERVAL_S
+
+    def line(self, what: str) -> None:
+        now = time.perf_counter()
+        self.last = now
+        note = self.method.progress_note(self.run, self.syn)
+        lr = self.syn.optimizer.param_groups[0]["lr"]
+        self.context.log(
+            f"{self.method.name} ipc={self.run.ipc} iter {self.iteration + 1}/{self.run.iterations}: {what} "
+            f"lr {lr:g}{' ' + note if note else ''} ({self.before + now - self.start:.0f} s)"
+        )
+
+    def heartbeat(self) -> None:
+        if self.overdue():
+            self.line("in progress")
+
+
 def run_loop(method: LoopMethod, real: ClassData, ipc: int, *, seed: int, context: Optional[RunContext]) -> Any:
     """Run a learned method's whole outer loop (module docstring) and return ``method.finish``'s
     result (normally the :class:`~methods.synset.SyntheticSet`)."""
@@ -306,33 +343,28 @@ def run_loop(method: LoopMethod, real: ClassData, ipc: int, *, seed: int, contex
     from tqdm.auto import tqdm
 
     every = max(1, total // 20)
-    last_log = time.perf_counter()
+    progress = _Progress(method, run, syn, context, start=meter.start, before=loop.elapsed_before)
+    run.heartbeat = progress.heartbeat
     bar = tqdm(range(start_it, total), total=total, initial=start_it, desc=f"{method.name} ipc={ipc}",
                disable=not context.progress)
     try:
         for it in bar:
+            progress.iteration = it
             factor = lr_factor(it, milestones, method.lr_decay) if milestones else None
             if factor is not None:
                 for group, lr in zip(syn.optimizer.param_groups, base_lrs):
                     group["lr"] = lr * factor
             loss = method.step(run, syn, it)
-            now = time.perf_counter()
-            due = it == start_it or it == total - 1 or (it + 1) % every == 0 or now - last_log >= LOG_INTERVAL_S
+            due = it == start_it or it == total - 1 or (it + 1) % every == 0 or progress.overdue()
             if due or context.progress:
                 value = float("nan") if loss is None else float(loss)
                 bar.set_postfix({method.loss_label: f"{value:.4g}"})
             if due:
-                last_log = now
-                elapsed = loop.elapsed_before + now - meter.start
-                note = method.progress_note(run, syn)
-                lr_text = f" lr {syn.optimizer.param_groups[0]['lr']:g}"
-                context.log(
-                    f"{method.name} ipc={ipc} iter {it + 1}/{total}: {method.loss_label} {value:.4g}{lr_text}"
-                    f"{' ' + note if note else ''} ({elapsed:.0f} s)"
-                )
+                progress.line(f"{method.loss_label} {value:.4g}")
             context.iteration_done(it, loop.snapshot(it + 1))
     finally:
         bar.close()
+        run.heartbeat = _no_heartbeat
     cost = meter.figures(iterations=total, **method.cost_figures(run, syn))
     cost["wall_time_s"] += loop.elapsed_before
     return method.finish(run, syn, cost)

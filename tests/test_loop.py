@@ -194,6 +194,12 @@ def test_progress_lines_cover_the_run_and_at_least_every_interval(monkeypatch):
     lines.clear()
     _run(context=RunContext(log=lines.append), iterations=5)
     assert len(lines) == 5
+    # within a long iteration, DC and CAFE report after every image step and inner loop
+    lines.clear()
+    get_method("dc", {"model": "ConvNetW32", "batch_real": 8, "outer_loop": 2, "inner_loop": 2, "iterations": 1}).condense(
+        make_classdata(4, 10, 1, 8, seed=0), 1, seed=0, context=RunContext(log=lines.append))
+    assert [line.split(": ")[1].split(" lr")[0] for line in lines][:3] == ["in progress"] * 3
+    assert lines[-1].startswith("dc ipc=1 iter 1/1: matching loss ")
 
 
 def test_progress_bar_shows_the_run(capsys):
