@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from benchmarks.cells import WHOLE
-from benchmarks.sweep import ARCH_FIELDS
 
 RECORD_SCHEMA = "condensation-bench/record"
 RECORD_SCHEMA_VERSION = 2
@@ -249,6 +248,8 @@ def record_problem(data: Any) -> Optional[str]:
 
 def _upgrade_v1(d: dict[str, Any]) -> dict[str, Any]:
     """What a version-1 record implies in version-2 terms (no registry consulted)."""
+    from benchmarks.sweep import ARCH_FIELDS
+
     out = dict(d)
     out["method_info"] = fallback_info(d["method"])
     out["components"] = {}
@@ -311,6 +312,7 @@ def method_fields(method: str, overrides: Mapping[str, Any],
     are read from the entry's defaults plus the overrides."""
     if str(method).lower() == WHOLE:
         return {"method_info": dict(WHOLE_INFO), "components": {}, "variant_overrides": {}}
+    from benchmarks.sweep import ARCH_FIELDS
     from methods.config import build_config
     from methods.registry import all_method_info, method_info
 
