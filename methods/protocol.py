@@ -6,10 +6,12 @@ evaluator (``benchmarks.evaluate``) executes it. A user changes any field for a 
 (``condbench evaluate --eval-set key=value``, the ``eval:`` key of a sweep) through
 :func:`plan_problems` (every problem at once) and :func:`apply_overrides`.
 
-The defaults are the protocol shared by DC, DSA, DM and CAFE (Zhao et al., "Dataset
-Condensation with Gradient Matching", ICLR 2021, §3 "Experimental setting"; Zhao & Bilen,
-ICML 2021, §4; Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023,
-§4.1; Wang et al., "CAFE", CVPR 2022, §4.1), as their released ``evaluate_synset`` runs it:
+The defaults are the protocol shared by DC, DSA, DM and CAFE, as each paper's experimental
+settings describe it (Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching",
+ICLR 2021; Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation",
+ICML 2021; Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023; Wang et
+al., "CAFE: Learning to Condense Dataset by Aligning Features", CVPR 2022) and as their
+released ``evaluate_synset`` runs it:
 
 * fresh randomly initialised networks trained on the synthetic set with **hard labels** and
   cross-entropy; SGD with learning rate 0.01, momentum 0.9, weight decay 5e-4, batch 256;
@@ -31,7 +33,7 @@ Fields beyond the published protocol, for methods the four papers do not cover:
   Trajectories", CVPR 2022, and its soft-label follow-ups; the KL form with the ``T**2``
   factor is Hinton et al., "Distilling the Knowledge in a Neural Network", 2015, §2);
 * ``lr_source='learned'`` uses the learning rate stored with the set (trajectory matching
-  learns one, Cazenavette et al. 2022, §3);
+  learns one alongside the images, Cazenavette et al. 2022);
 * ``optimizer='adam'`` and the ``'cosine'`` / ``'constant'`` schedules;
 * ``zca``: the set lives in ZCA-whitened space (whitening stored with the set, see
   :mod:`methods.zca`); the evaluator whitens the test images and any real training images with
@@ -165,7 +167,7 @@ class DCAugmentation(Augmentation):
 @dataclass(frozen=True)
 class DSAAugmentation(Augmentation):
     """Differentiable siamese augmentation used as a plain training augmentation (Zhao &
-    Bilen, ICML 2021, §3.2): one op per minibatch, parameters per image. Without an argument
+    Bilen, ICML 2021; :mod:`methods.augment`): one op per minibatch, parameters per image. Without an argument
     the plan's ``dsa_strategy``, else DSA's per-dataset default."""
 
     strategy: str = "color_crop_cutout_flip_scale_rotate"

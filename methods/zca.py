@@ -1,8 +1,10 @@
 """ZCA whitening of image tensors, stored with a synthetic set (tensors only).
 
 Methods that condense in whitened space (KIP: Nguyen et al., "Dataset Meta-Learning from
-Kernel Ridge-Regression", ICLR 2021; MTT: Cazenavette et al., CVPR 2022, §4 "ZCA whitening")
-fit ZCA on the training images and evaluate on whitened test images. Here, as in those codes:
+Kernel Ridge-Regression", ICLR 2021; MTT: Cazenavette et al., "Dataset Distillation by Matching
+Training Trajectories", CVPR 2022) fit ZCA on the training images and evaluate on whitened test
+images. Here, as in MTT's code (KIP's additionally standardises every image and scales the
+regulariser by the mean eigenvalue; not done here):
 
 * every image is flattened to one vector of ``D = C * H * W`` values;
 * the feature mean ``m`` is subtracted and the covariance ``S = X^T X / (N - 1)`` computed;
