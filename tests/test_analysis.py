@@ -450,11 +450,21 @@ def test_mutated_method_default_changes_the_ablation_switches(tmp_path, monkeypa
     Discrimination off for the plain method."""
     from methods.cafe import CAFEConfig
 
+    def ablation_of_a_fresh_store(root: Path) -> dict:
+        store = Store(root)
+        for label, overrides in (("cafe", {}), ("no embedding", {"embedding_weight": 0.0})):
+            store.write_record(Record(
+                cell_id=label.replace(" ", "-"), dataset="mnist", ipc=1, method="cafe", label=label,
+                eval_arch="ConvNet", seed=0, accuracies=(0.5,), train_arch="ConvNet", overrides=overrides,
+                **method_fields("cafe", overrides), **dataset_fields("mnist"),
+            ))
+        return ablation_table(load_results([root])).data.set_index("variant")["discrimination"].to_dict()
+
+    assert ablation_of_a_fresh_store(tmp_path / "a") == {"cafe": True, "no embedding": True}
     monkeypatch.setattr(CAFEConfig, "__init__", _with_default(CAFEConfig.__init__, discrimination_weight=0.0))
     fields = method_fields("cafe", {})
     assert fields["components"]["Discrimination"] is False and fields["components"]["Embedding"] is True
-    monkeypatch.undo()
-    assert method_fields("cafe", {})["components"]["Discrimination"] is True
+    assert ablation_of_a_fresh_store(tmp_path / "b") == {"cafe": False, "no embedding": False}
 
 
 def _with_default(init, **defaults):
