@@ -1,5 +1,5 @@
 """The shared outer loop of learned methods (methods/loop.py, methods/synthesis.LearnedMethod):
-a test-only method written as one subclass, the lr schedule, the generator layout, checkpoint
+a test-only method written as one subclass (learning soft labels and a learning rate too), the lr schedule, the generator layout, checkpoint
 identity (config and budget), resume, progress lines and cost figures."""
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ class MeanRun(Synthesis):
 
 
 class MeanMatching(LearnedMethod):
-    """Pulls each class's synthetic images to the mean of a random real batch, and learns a
-    per-class temperature with its own optimiser (a further learned tensor, checkpointed)."""
+    """Pulls each class's synthetic images to the mean of a random real batch, and learns
+    per-image soft labels and an evaluation learning rate with their own optimiser (further
+    learned tensors, checkpointed), which ``finish`` stores with the set."""
 
     name = "mean_matching"
     config_class = MeanConfig
@@ -47,26 +48,28 @@ class MeanMatching(LearnedMethod):
 
     def start(self, run: LoopRun) -> MeanRun:
         images, labels = init_synthetic(run.real, run.ipc, "noise", run.generators["init"], run.device)
-        temperature = torch.ones(run.num_classes, requires_grad=True)
+        soft = torch.zeros(images.shape[0], run.num_classes, requires_grad=True)
+        log_lr = torch.tensor(-2.0, requires_grad=True)
         return MeanRun(
             images=images, labels=labels, optimizer=torch.optim.SGD([images], lr=self.config.lr_img, momentum=0.5),
             counters={"steps": 0}, history=[], lrs=[],
-            tensors={"temperature": temperature},
-            optimizers={"temperature": torch.optim.SGD([temperature], lr=0.1, momentum=0.9)},
+            tensors={"soft_labels": soft, "log_lr": log_lr},
+            optimizers={"labels_and_lr": torch.optim.SGD([soft, log_lr], lr=0.1, momentum=0.9)},
         )
 
-    def step(self, run: LoopRun, syn: MeanRun, iteration: int) -> float:
+    def step(self, run: LoopRun, syn: MeanRun, iteration: int) -> torch.Tensor:
         c, ipc = run.num_classes, run.ipc
         target = real_batch(run.real, self.config.batch_real, run.generators["data"], run.device)
         target = target.reshape(c, -1, *target.shape[1:]).mean(1)
-        temp = syn.tensors["temperature"]
+        soft, log_lr = syn.tensors["soft_labels"], syn.tensors["log_lr"]
         diff = syn.images.reshape(c, ipc, *syn.images.shape[1:]) - target[:, None]
-        loss = (diff.pow(2).flatten(1).sum(1) * temp).sum() + (temp - 2.0).pow(2).sum()
+        loss = (diff.pow(2).sum() + torch.nn.functional.cross_entropy(soft, syn.labels, reduction="sum")
+                + (log_lr + 3.0).pow(2))
         syn.optimizer.zero_grad()
-        syn.optimizers["temperature"].zero_grad()
+        syn.optimizers["labels_and_lr"].zero_grad()
         loss.backward()
         syn.optimizer.step()
-        syn.optimizers["temperature"].step()
+        syn.optimizers["labels_and_lr"].step()
         syn.lrs.append(syn.optimizer.param_groups[0]["lr"])
         syn.counters["steps"] += 1
         syn.history.append(float(loss.detach()))
@@ -75,9 +78,11 @@ class MeanMatching(LearnedMethod):
     def cost_figures(self, run, syn):
         return {"steps": syn.counters["steps"]}
 
-    def extra(self, run, syn):
-        return {"lrs": list(syn.lrs), "history": list(syn.history),
-                "temperature": syn.tensors["temperature"].detach().tolist()}
+    def finish(self, run, syn, cost):
+        extra = {"lrs": list(syn.lrs), "history": list(syn.history)}
+        return self._synset(run.real, run.ipc, run.seed, syn.images.detach(), syn.labels, cost, extra=extra,
+                            soft_labels=syn.tensors["soft_labels"].detach(),
+                            learned_lr=float(syn.tensors["log_lr"].detach().exp()))
 
 
 def _data():
@@ -97,6 +102,10 @@ def test_a_one_class_learned_method_runs_through_the_driver():
     assert s.extra["lrs"] == pytest.approx([0.2] * 3 + [0.1] * 3)
     assert s.cost["iterations"] == 6 and s.cost["steps"] == 6
     assert s.cost["wall_time_s"] > 0 and s.cost["peak_memory_mb"] > 0
+    # what it learned besides the images is stored with the set and switches its evaluation plan
+    assert s.soft_labels.shape == (6, 3) and s.soft_labels.argmax(1).tolist() == s.labels.tolist()
+    assert 0 < s.learned_lr < float(torch.tensor(-2.0).exp())  # learned away from its start
+    assert (s.eval_plan.labels, s.eval_plan.loss, s.eval_plan.lr_source) == ("soft", "soft_ce", "learned")
     again = _run()
     assert torch.equal(s.images, again.images) and not torch.equal(s.images, _run(seed=1).images)
 
@@ -114,11 +123,11 @@ def test_resume_restores_images_generators_history_and_further_learned_tensors()
     with pytest.raises(StopRequested):
         _run(context=RunContext(checkpoint=store, checkpoint_every=100, stop_after=4))
     state = store.load()
-    assert state["iteration"] == 4 and set(state["tensors"]) == {"temperature"}
-    assert set(state["optimizers"]) == {"temperature"}
+    assert state["iteration"] == 4 and set(state["tensors"]) == {"soft_labels", "log_lr"}
+    assert set(state["optimizers"]) == {"labels_and_lr"}
     resumed = _run(context=RunContext(checkpoint=store))
     assert torch.equal(full.images, resumed.images)
-    assert resumed.extra["temperature"] == full.extra["temperature"]
+    assert torch.equal(resumed.soft_labels, full.soft_labels) and resumed.learned_lr == full.learned_lr
     assert resumed.cost["steps"] == 6
     # the lr schedule is recomputed from the budget after a resume (lrs before the resume are
     # not in this run's list: it records the iterations it ran)
