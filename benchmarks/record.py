@@ -18,7 +18,7 @@ torch). The functions that consult the registries (:func:`method_fields`,
 
 Schema versions: 1 (before the registry metadata) and 2 (this one). :meth:`Record.from_json`
 reads both; a version-1 record gets what can be derived without the registry: the raw method
-name as its display name and no family, order or components (tables list such rows by name,
+name as its display name, family ``other``, no components (tables list such rows by name,
 after the registered methods), hard labels, and an evaluation plan made of the recorded
 epochs and augmentation. The writer side upgrades them in place with the registry's metadata
 (:func:`upgrade_record`; :meth:`benchmarks.store.Store.init` does it for a store's records each
