@@ -4,13 +4,13 @@
 config, loss, probe and loops only: the outer loop and the shared helpers live elsewhere.)
 
 Reference: the paper's method section and the released code ``kaiwang960112/CAFE``
-(``distill.py``, ``networks.py``). Every component is a config field so the paper's ablations
+(``distill.py``, ``networks.py``), described in §7 of ``docs/reference.md``. Every component is a config field so the paper's ablations
 are configs, not copies (``discrimination_weight=0`` is "without discrimination loss",
 ``dynamic_bilevel=False`` is "fixed bi-level loops", ...). The outer loop (budget, lr
 schedule, generators ``init/net/data/aug/train``, checkpoints, progress) is the shared one of
 :mod:`methods.loop`; this file is CAFE's config, loss, probe and one outer iteration.
 
-Loss of one image step, for C classes, N real images and M = IPC synthetic images per class,
+Loss of one image step (reference §7.3), for C classes, N real images and M = IPC synthetic images per class,
 through one network theta, with class means ``mean_c``:
 
 * layer-wise alignment: ``sum_l w_l * D_l``, ``D_l = sum_c || mean_c f_l(R_c) - mean_c f_l(S_c) ||^2``
@@ -29,7 +29,7 @@ Deliberate differences from the released code (none changes the image gradient):
 * The real branch runs under ``torch.no_grad``: its features are targets and, in the
   discrimination term, its embeddings are constants (the logits are bilinear in ``f5(x_i)``
   and ``mu^S``; the gradient reaches the images only through ``mu^S``). The released code keeps
-  the whole real graph and backpropagates into the weights (README, Performance).
+  the whole real graph and backpropagates into the weights (reference §7.6; README, Performance).
   ``tests/test_cafe.py`` checks that the gradient equals the one with the real graph kept.
 * The released loss also adds ``CE(net(R), y)`` of the real images. It does not depend on the
   synthetic images and its weight gradients are zeroed before any network step: left out.
@@ -49,7 +49,7 @@ Deliberate differences from the released code (none changes the image gradient):
   and discards the result; that pass is skipped.
 * Window entries are Python floats (the released code aliases one tensor on the CPU and hangs).
 
-Dynamic bi-level optimisation, per iteration: a fresh seeded network and its SGD (``lr_net``,
+Dynamic bi-level optimisation (reference §7.4), per iteration: a fresh seeded network and its SGD (``lr_net``,
 no momentum); OUTER loop: image step, probe, append to the window, break when the window is
 full and its range is ``< lambda_outer`` (checked after the image step and before the inner
 loop, so the last pass updates the images but not the network); INNER loop: one epoch of CE

@@ -2,7 +2,8 @@
 
 References: Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching" (ICLR 2021)
 and Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation" (ICML 2021);
-official code ``VICO-UoE/DatasetCondensation:main.py`` / ``utils.py``. The outer loop (budget,
+official code ``VICO-UoE/DatasetCondensation:main.py`` / ``utils.py``, described in §5 of
+``docs/reference.md``. The outer loop (budget,
 the one generator ``data``, checkpoints, progress, costs) is the shared one of
 :mod:`methods.loop`; this file is DC's config, gradient distances and one outer iteration.
 Algorithm, per outer iteration ``it`` (DC paper, Algorithm 1):
@@ -89,7 +90,7 @@ def resolve_path(path: str, device: torch.device | str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Gradient distances (the reference's ``match_loss`` / ``distance_wb``)
+# Gradient distances (the reference's ``match_loss`` / ``distance_wb``, docs/reference.md §5.1)
 # --------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """DM: Dataset Condensation with Distribution Matching (Zhao & Bilen, WACV 2023), reimplemented.
 
-Reference: ``VICO-UoE/DatasetCondensation:main_DM.py``. The outer loop (budget, generators
+Reference: ``VICO-UoE/DatasetCondensation:main_DM.py``, described in §6 of ``docs/reference.md``. The outer loop (budget, generators
 ``init/net/data/aug``, checkpoints, progress, costs) is the shared one of :mod:`methods.loop`;
 this file is DM's config, loss and one iteration.
 

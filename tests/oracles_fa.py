@@ -1,7 +1,7 @@
 """Plain per-class, per-layer oracles for the feature-alignment losses (CAFE, DM).
 
 Written straight from the losses as ``methods/cafe.py`` and ``methods/dm.py`` state them (the
-CAFE paper's layer-wise alignment and discrimination loss, DM's class-mean embedding distance), one
+CAFE paper's layer-wise alignment and discrimination loss, DM's class-mean embedding distance; ``docs/reference.md`` §7.3 and §6), one
 class and one layer at a time, with no batching tricks, so the methods' batched losses can be
 checked against them. ``real_with_autograd=True`` keeps the real branch's graph like the
 released CAFE code (and ``include_real_ce`` adds its real-image cross-entropy term, which has no
