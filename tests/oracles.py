@@ -3,7 +3,8 @@ perf benchmarks as the baseline the fast paths are compared against.
 
 Written independently of ``methods/dc.py``: plain Python loops over classes and parameter
 tensors, ``torch.autograd.grad``, and the distances as ``match_loss``/``distance_wb`` of
-``VICO-UoE/DatasetCondensation:utils.py`` compute them (``docs/reference.md`` §5.1) (``layerwise`` is the DC paper's per-output-node cosine distance).
+``VICO-UoE/DatasetCondensation:utils.py`` compute them (``docs/reference.md`` §5.1;
+``layerwise`` is the DC paper's per-output-node cosine distance).
 """
 
 from __future__ import annotations
