@@ -22,11 +22,26 @@ deliberately use the smaller budget (raise ``feature_epochs`` to match DeepCore)
 
 The trained network is computed once per (dataset name, class count, image geometry, number of
 images, data fingerprint, seed, architecture, budget) and memoised through
-:meth:`RunContext.cached`; herding and k-center share it. Every random draw (initialisation,
-epoch order) comes from generators derived from the run seed, so on a CPU the trained weights,
-the embeddings and hence the selection are bit-identical for a given seed. On CUDA, cuDNN's
-convolution backward is not deterministic by default, so the trained net can differ in the last
-bits between runs.
+:meth:`RunContext.cached`; herding, k-center and the forgetting coreset share it. Every random
+draw (initialisation, epoch order) comes from generators derived from the run seed, so on a CPU
+the trained weights, the embeddings and hence the selection are bit-identical for a given seed.
+On CUDA, cuDNN's convolution backward is not deterministic by default, so the trained net can
+differ in the last bits between runs.
+
+Forgetting statistics from the same run
+---------------------------------------
+The same training run also records, for every training image, whether the network classified it
+correctly each time it was presented in a minibatch (the forward pass of the training step,
+before the update: the "presentation" of Toneva et al., ICLR 2019, §2). That (epochs x N)
+boolean history is stored in the same cache entry, so the forgetting coreset
+(:mod:`methods.forgetting`) and herding/k-center on the same dataset, seed and budget train one
+network between them. Recording changes nothing in the training:
+:func:`train_feature_net_tracked` passes :func:`methods.training.train_epoch` an ``(N, 2)`` target of (class id, row index) and a
+loss that is the same cross-entropy on the class ids, so the weights are those of plain training
+(tested, and pinned by ``tests/test_golden.py``).
+
+Cache entries are versioned (``v2`` holds the history besides the weights; ``v1`` entries, which
+lack it, are not read).
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods.base import Method
@@ -52,23 +68,21 @@ from methods.training import sgd, train_epoch
 EMBED_BATCH = 512
 """Images per forward pass when computing embeddings (no autograd, eval mode)."""
 
-_CACHE_VERSION = "v1"
+_CACHE_VERSION = "v2"
 
 
 @dataclass(frozen=True)
-class CoresetFeatureConfig(MethodConfig):
-    """Feature-space settings shared by the herding and k-center configs.
+class FeatureNetConfig(MethodConfig):
+    """The network trained on the full training set and its budget (shared by the herding,
+    k-center and forgetting configs; the cache key holds every field).
 
-    * ``feature_space``: ``'embedding'`` (default: embedding of ``feature_net`` trained on the
-      full training set) or ``'pixels'`` (flattened normalised images, no training).
-    * ``feature_net``: architecture of the feature network (reference ConvNet by default; any
-      name of :func:`methods.networks.get_network`, all of which expose ``embed``).
+    * ``feature_net``: architecture (reference ConvNet by default; any name of
+      :func:`methods.networks.get_network`, all of which expose ``embed``).
     * ``feature_epochs``: full-training-set epochs (20; 0 = untrained seeded network).
     * ``feature_lr`` / ``feature_momentum`` / ``feature_weight_decay`` / ``feature_batch``:
       SGD settings of the evaluation protocol (0.01 / 0.9 / 5e-4 / 256); lr x0.1 at half.
     """
 
-    feature_space: Literal["embedding", "pixels"] = "embedding"
     feature_net: str = "ConvNet"
     feature_epochs: int = 20
     feature_lr: float = 0.01
@@ -76,12 +90,9 @@ class CoresetFeatureConfig(MethodConfig):
     feature_weight_decay: float = 5e-4
     feature_batch: int = 256
 
-    def validate(self) -> None:
+    def problems(self) -> list[str]:
+        """Every invalid training setting, one message each (empty when valid)."""
         problems = []
-        if self.feature_space not in ("embedding", "pixels"):
-            problems.append(
-                f"feature_space must be 'embedding' or 'pixels', got {self.feature_space!r}"
-            )
         if self.feature_epochs < 0:
             problems.append(f"feature_epochs must be >= 0, got {self.feature_epochs}")
         if self.feature_batch <= 0:
@@ -92,9 +103,33 @@ class CoresetFeatureConfig(MethodConfig):
             problems.append(f"feature_momentum must be in [0, 1), got {self.feature_momentum}")
         if self.feature_weight_decay < 0:
             problems.append(f"feature_weight_decay must be >= 0, got {self.feature_weight_decay}")
+        return problems
+
+    def validate(self) -> None:
+        problems = self.problems()
         if problems:
             raise MethodError("; ".join(problems))
         canonical_network_name(self.feature_net)  # raises MethodError listing the valid names
+
+
+@dataclass(frozen=True)
+class CoresetFeatureConfig(FeatureNetConfig):
+    """Feature-space settings shared by the herding and k-center configs: the network of
+    :class:`FeatureNetConfig` plus
+
+    * ``feature_space``: ``'embedding'`` (default: embedding of ``feature_net`` trained on the
+      full training set) or ``'pixels'`` (flattened normalised images, no training).
+    """
+
+    feature_space: Literal["embedding", "pixels"] = "embedding"
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.feature_space not in ("embedding", "pixels"):
+            problems.insert(
+                0, f"feature_space must be 'embedding' or 'pixels', got {self.feature_space!r}"
+            )
+        return problems
 
 
 def data_fingerprint(real: ClassData) -> str:
@@ -116,7 +151,7 @@ def data_fingerprint(real: ClassData) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def feature_cache_key(real: ClassData, seed: int, config: CoresetFeatureConfig) -> str:
+def feature_cache_key(real: ClassData, seed: int, config: FeatureNetConfig) -> str:
     """Cache key of the trained feature network: dataset, class count, geometry, number of
     images, data fingerprint, seed, architecture and the full training budget."""
     c = config
@@ -129,28 +164,77 @@ def feature_cache_key(real: ClassData, seed: int, config: CoresetFeatureConfig) 
     )
 
 
-def train_feature_net(
+def feature_seeds(seed: int) -> tuple[int, int, int]:
+    """The three seeds drawn, in this order, from ``make_generator(seed)``: the feature net's
+    initialisation, its epoch order, and the selection draws of a coreset that needs any (the
+    forgetting coreset's tie-break). One documented stream per run seed."""
+    g = make_generator(seed)
+    return derive_seed(g), derive_seed(g), derive_seed(g)
+
+
+class PresentationRecorder:
+    """A ``loss_fn`` for :func:`methods.training.train_epoch` that records, per presentation,
+    whether each training image was classified correctly.
+
+    ``train_epoch`` indexes images and targets with the same minibatch indices and hands the
+    targets to ``loss_fn``; the targets here are ``(N, 2)`` rows of (class id, row index), so
+    the recorder knows which rows each minibatch holds. It returns plain cross-entropy on the
+    class ids (what ``train_epoch`` computes without a ``loss_fn``) and stores
+    ``out.argmax(1) == class id`` of that forward pass (before the update) in
+    ``correct[epoch, row]``. Call :meth:`start_epoch` before each epoch; :meth:`finish_epoch`
+    checks that every row was presented exactly once and returns the epoch's accuracy."""
+
+    def __init__(self, labels: Tensor, epochs: int) -> None:
+        n = labels.shape[0]
+        self.targets = torch.stack([labels.long(), torch.arange(n, device=labels.device)], 1)
+        self.correct = torch.zeros(epochs, n, dtype=torch.bool, device=labels.device)
+        self._seen = torch.zeros(n, dtype=torch.long, device=labels.device)
+        self.epoch = -1
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._seen.zero_()
+
+    def __call__(self, out: Tensor, target: Tensor) -> Tensor:
+        y, rows = target[:, 0], target[:, 1]
+        self.correct[self.epoch, rows] = out.detach().argmax(1) == y
+        self._seen[rows] += 1
+        return F.cross_entropy(out, y)
+
+    def finish_epoch(self) -> float:
+        if not bool((self._seen == 1).all()):
+            raise MethodError(
+                f"epoch {self.epoch} of the feature network did not present every training image "
+                "exactly once; the per-presentation record needs train_epoch's one-permutation epochs"
+            )
+        return float(self.correct[self.epoch].sum()) / max(self.correct.shape[1], 1)
+
+
+def train_feature_net_tracked(
     real: ClassData,
     seed: int,
-    config: CoresetFeatureConfig,
+    config: FeatureNetConfig,
     *,
     device: torch.device,
     progress: bool = False,
-) -> tuple[nn.Module, dict[str, float]]:
-    """Train ``config.feature_net`` on all of ``real`` (no cache). Returns the network (eval
-    mode) and figures ``train_time_s`` and ``train_accuracy`` (last epoch, -1 when 0 epochs)."""
+) -> tuple[nn.Module, dict[str, float], Tensor]:
+    """Train ``config.feature_net`` on all of ``real`` (no cache), recording every presentation.
+
+    Returns the network (eval mode), figures ``train_time_s`` and ``train_accuracy`` (last
+    epoch's accuracy on the minibatch forward passes, -1 when 0 epochs), and the
+    ``(feature_epochs, N)`` boolean history ``correct[epoch, row]`` on the CPU (each image is
+    presented once per epoch, rows in training-set order)."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    g = make_generator(seed)
-    init_seed, order_seed = derive_seed(g), derive_seed(g)
+    init_seed, order_seed, _ = feature_seeds(seed)
     net = get_network(
         config.feature_net, real.channel, real.num_classes, real.im_size, seed=init_seed, device=device
     )
     images = real.images.to(device)
-    labels = real.labels.to(device)
-    order = make_generator(order_seed)
     epochs = config.feature_epochs
+    recorder = PresentationRecorder(real.labels.to(device), epochs)
+    order = make_generator(order_seed)
     lr = config.feature_lr
     opt = sgd(net.parameters(), lr, config.feature_momentum, config.feature_weight_decay)
     acc = -1.0
@@ -160,29 +244,48 @@ def train_feature_net(
             # The evaluation protocol's drop: lr x0.1 with a fresh optimiser (momentum reset).
             lr *= 0.1
             opt = sgd(net.parameters(), lr, config.feature_momentum, config.feature_weight_decay)
-        loss, acc = train_epoch(
-            net, images, labels, opt, batch_size=config.feature_batch, generator=order
+        recorder.start_epoch(ep)
+        loss, _ = train_epoch(
+            net, images, recorder.targets, opt, batch_size=config.feature_batch, generator=order,
+            loss_fn=recorder,
         )
+        acc = recorder.finish_epoch()
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
     net.eval()
-    return net, {"train_time_s": time.perf_counter() - start, "train_accuracy": float(acc)}
+    figures = {"train_time_s": time.perf_counter() - start, "train_accuracy": float(acc)}
+    return net, figures, recorder.correct.cpu()
 
 
-def feature_network(
-    real: ClassData, seed: int, config: CoresetFeatureConfig, context: RunContext
+def train_feature_net(
+    real: ClassData,
+    seed: int,
+    config: FeatureNetConfig,
+    *,
+    device: torch.device,
+    progress: bool = False,
 ) -> tuple[nn.Module, dict[str, float]]:
-    """The trained feature network for (``real``, ``seed``, budget), from the context's cache
-    when present. Figures: ``feature_train_time_s`` (spent in this call; 0 on a cache hit),
-    ``feature_cache_hit`` (0/1), ``feature_net_train_time_s`` (when it was trained) and
-    ``feature_train_accuracy`` (last-epoch training accuracy)."""
-    device = context.device
+    """Train ``config.feature_net`` on all of ``real`` (no cache). Returns the network (eval
+    mode) and figures ``train_time_s`` and ``train_accuracy`` (last epoch, -1 when 0 epochs);
+    :func:`train_feature_net_tracked` without the presentation history."""
+    net, figures, _ = train_feature_net_tracked(real, seed, config, device=device, progress=progress)
+    return net, figures
+
+
+def _trained_entry(
+    real: ClassData, seed: int, config: FeatureNetConfig, context: RunContext, need: str
+) -> tuple[dict, str, dict[str, float]]:
+    """The cache entry of the trained network (trained here on a miss), its key and the cost
+    figures of the stage; raises :class:`MethodError` when the entry lacks ``need``."""
     trained: dict[str, float] = {}
 
     def compute() -> dict:
-        net, figures = train_feature_net(real, seed, config, device=device, progress=context.progress)
+        net, figures, history = train_feature_net_tracked(
+            real, seed, config, device=context.device, progress=context.progress
+        )
         trained.update(figures)
         return {
             "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+            "presentation_correct": history,
             "train_time_s": torch.tensor(figures["train_time_s"], dtype=torch.float64),
             "train_accuracy": torch.tensor(figures["train_accuracy"], dtype=torch.float64),
         }
@@ -191,14 +294,31 @@ def feature_network(
     start = time.perf_counter()
     entry = context.cached(key, compute)
     elapsed = time.perf_counter() - start
-    if "state_dict" not in entry:
+    if need not in entry:
         raise MethodError(
-            f"the feature cache returned an entry without 'state_dict' for key {key}; "
+            f"the feature cache returned an entry without '{need}' for key {key}; "
             "delete that cache entry and run again"
         )
     hit = not trained
+    context.log(f"feature network {'loaded from cache' if hit else 'trained'} ({key})")
+    return entry, key, {
+        "feature_train_time_s": 0.0 if hit else elapsed,
+        "feature_cache_hit": 1.0 if hit else 0.0,
+        "feature_net_train_time_s": float(entry.get("train_time_s", torch.tensor(float("nan")))),
+        "feature_train_accuracy": float(entry.get("train_accuracy", torch.tensor(float("nan")))),
+    }
+
+
+def feature_network(
+    real: ClassData, seed: int, config: FeatureNetConfig, context: RunContext
+) -> tuple[nn.Module, dict[str, float]]:
+    """The trained feature network for (``real``, ``seed``, budget), from the context's cache
+    when present. Figures: ``feature_train_time_s`` (spent in this call; 0 on a cache hit),
+    ``feature_cache_hit`` (0/1), ``feature_net_train_time_s`` (when it was trained) and
+    ``feature_train_accuracy`` (last-epoch training accuracy)."""
+    entry, key, figures = _trained_entry(real, seed, config, context, "state_dict")
     net = get_network(
-        config.feature_net, real.channel, real.num_classes, real.im_size, seed=0, device=device
+        config.feature_net, real.channel, real.num_classes, real.im_size, seed=0, device=context.device
     )
     try:
         net.load_state_dict(entry["state_dict"])
@@ -208,13 +328,25 @@ def feature_network(
             f"({str(exc).splitlines()[0]}); delete that cache entry and run again"
         ) from exc
     net.eval()
-    context.log(f"feature network {'loaded from cache' if hit else 'trained'} ({key})")
-    return net, {
-        "feature_train_time_s": 0.0 if hit else elapsed,
-        "feature_cache_hit": 1.0 if hit else 0.0,
-        "feature_net_train_time_s": float(entry.get("train_time_s", torch.tensor(float("nan")))),
-        "feature_train_accuracy": float(entry.get("train_accuracy", torch.tensor(float("nan")))),
-    }
+    return net, figures
+
+
+def presentation_history(
+    real: ClassData, seed: int, config: FeatureNetConfig, context: RunContext
+) -> tuple[Tensor, dict[str, float]]:
+    """The ``(feature_epochs, N)`` boolean history of the feature network's training run
+    (``correct[epoch, row]``, CPU), from the same cache entry as :func:`feature_network`, with
+    the same cost figures."""
+    entry, key, figures = _trained_entry(real, seed, config, context, "presentation_correct")
+    history = entry["presentation_correct"]
+    expected = (config.feature_epochs, len(real))
+    if not isinstance(history, Tensor) or tuple(history.shape) != expected:
+        shape = tuple(history.shape) if isinstance(history, Tensor) else type(history).__name__
+        raise MethodError(
+            f"the cached presentation history for key {key} has shape {shape}, expected "
+            f"{expected}; delete that cache entry and run again"
+        )
+    return history.bool().cpu(), figures
 
 
 @torch.no_grad()
