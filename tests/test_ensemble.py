@@ -105,3 +105,21 @@ def test_bf16_autocast_trains_close_to_fp32():
     train_ensemble(b, gb, x, y, SCHEDULE, batch_size=10, mode="sequential", bf16=True)
     diffs = [(pa - pb).abs().max().item() for pa, pb in zip(a[0].parameters(), b[0].parameters())]
     assert 0 < max(diffs) < 0.05  # bf16 changes the arithmetic, but only slightly
+
+
+def test_a_schedule_without_new_optimisers_gets_each_lr_in_both_modes():
+    """A cosine-like schedule changes lr without re-creating the optimiser: the sequential
+    path must apply each epoch's lr to the live optimiser, as the vectorised SGD does."""
+    x, y = _data()
+    schedule = [(0.05, True), (0.02, False), (0.005, False)]
+    seq, gs = _nets("ConvNet", [4, 5])
+    vec, gv = _nets("ConvNet", [4, 5])
+    frozen, gf = _nets("ConvNet", [4, 5])
+    kw = dict(momentum=0.9, weight_decay=5e-4, batch_size=10)
+    train_ensemble(seq, gs, x, y, schedule, mode="sequential", **kw)
+    train_ensemble(vec, gv, x, y, schedule, mode="vectorized", **kw)
+    train_ensemble(frozen, gf, x, y, [(0.05, True)] * 3, mode="sequential", **kw)
+    for a, b, c in zip(seq, vec, frozen):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            torch.testing.assert_close(pb, pa, rtol=RTOL, atol=ATOL)
+        assert not torch.allclose(a.classifier.weight, c.classifier.weight)

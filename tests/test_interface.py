@@ -13,7 +13,6 @@ from methods.config import MethodConfig, build_config, config_problems
 from methods.context import MemoryCheckpointStore, RunContext, StopRequested
 from methods.errors import MethodError, SyntheticSetFormatError
 from methods.protocol import EvalPlan
-from methods.realdata import ClassData
 from methods.synset import FORMAT_VERSION, SyntheticSet
 from tests.conftest import make_classdata
 
