@@ -24,6 +24,8 @@ from methods.synset import SyntheticSet  # noqa: F401
 from methods import random_select  # noqa: F401,E402  registers "random"
 from methods import herding  # noqa: F401,E402  registers "herding"
 from methods import kcenter  # noqa: F401,E402  registers "kcenter"
+from methods import forgetting  # noqa: F401,E402  registers "forgetting"
 from methods import dc  # noqa: F401,E402  registers "dc", "dsa"
 from methods import cafe  # noqa: F401,E402  registers "cafe", "cafe_dsa"
 from methods import dm  # noqa: F401,E402  registers "dm"
+from methods import mtt  # noqa: F401,E402  registers "mtt", "datm"
