@@ -152,7 +152,7 @@ def effective_plan(
         plan = apply_overrides(plan, plan_overrides)
         if epochs is not None:
             plan = dataclasses.replace(plan, epochs=int(epochs))
-            plan.validate()
+        plan.validate()  # a plan built in code (not from overrides or a file) is checked here
     except MethodError as exc:
         raise EvaluationError(str(exc)) from None
     problems = plan.set_problems(
@@ -332,10 +332,6 @@ def evaluate_whole_dataset(
     images used; ``selection='best_val'`` trains on the training set minus the hold-out."""
     arch = canonical_network_name(arch)
     base = EvalPlan(epochs=None if epochs is None else int(epochs))
-    try:
-        base.validate()
-    except MethodError as exc:
-        raise EvaluationError(str(exc)) from None
     plan = effective_plan(base, arch, dataset.name, plan_overrides=plan_overrides)
     keep, validation = _validation(dataset, plan, seed)
     images, labels = dataset.train.images, dataset.train.labels
