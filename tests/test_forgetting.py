@@ -251,6 +251,19 @@ def test_forgetting_herding_and_kcenter_share_one_training_run(monkeypatch):
     assert torch.equal(fresh.indices, herd.indices) and calls == [1, 2, 1, 1]
 
 
+def test_the_history_survives_the_disk_cache(tmp_path):
+    from benchmarks.storage import disk_cache
+
+    real = tiny_data()
+    first = get_method("forgetting", TINY).condense(real, 3, seed=4, context=RunContext(cache=disk_cache(tmp_path)))
+    again = get_method("forgetting", TINY).condense(real, 3, seed=4, context=RunContext(cache=disk_cache(tmp_path)))
+    herd = get_method("herding", TINY).condense(real, 3, seed=4, context=RunContext(cache=disk_cache(tmp_path)))
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    assert first.cost["feature_cache_hit"] == 0.0
+    assert again.cost["feature_cache_hit"] == 1.0 and herd.cost["feature_cache_hit"] == 1.0
+    assert torch.equal(first.indices, again.indices)
+
+
 def test_a_cache_entry_without_the_history_is_refused():
     real = tiny_data()
     config = ForgettingConfig(**TINY)
