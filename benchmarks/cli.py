@@ -329,7 +329,7 @@ def _overrides_text(overrides: Mapping[str, Any]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from benchmarks.data import _SPECS, dataset_names
+    from benchmarks.data import builtin_dataset_names, dataset_info, dataset_names
     from methods.registry import available_methods
     from methods.networks import network_names
 
@@ -341,11 +341,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if what in ("all", "datasets"):
         print("datasets:")
         for name in dataset_names():
-            spec = _SPECS.get(name)
-            if spec is None:
+            if name not in builtin_dataset_names():
                 print(f"  {name:<14} your own data in one .pt file (see benchmarks.data.save_tensor_dataset)")
             else:
-                i = spec.info
+                i = dataset_info(name)
                 print(f"  {name:<14} {i.channel}x{i.im_size[0]}x{i.im_size[1]}, {i.num_classes} classes, "
                       f"max IPC {i.min_train_per_class}")
     if what in ("all", "architectures"):

@@ -45,7 +45,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -201,26 +201,6 @@ def register_dataset(
         flip_preserves_label=bool(flip_preserves_label), order=int(order),
     )
     return DATASETS.decorator(key, lambda loader: DatasetEntry(info, loader, check))
-
-
-class _EntryView(Mapping[str, DatasetEntry]):
-    """Read-only ``name -> DatasetEntry`` view of :data:`DATASETS` (each entry has ``.info``),
-    kept for callers of the former ``_SPECS`` dict (``benchmarks/cli.py``); new code uses
-    :func:`dataset_info`."""
-
-    def __getitem__(self, name: str) -> DatasetEntry:
-        if not isinstance(name, str) or name.startswith(TENSOR_PREFIX) or name not in DATASETS:
-            raise KeyError(name)
-        return DATASETS.get(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(builtin_dataset_names())
-
-    def __len__(self) -> int:
-        return len(builtin_dataset_names())
-
-
-_SPECS: Mapping[str, DatasetEntry] = _EntryView()
 
 
 def _display(key: str) -> str:

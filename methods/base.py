@@ -24,7 +24,6 @@ from torch import Tensor
 from methods.augment import default_dsa_strategy
 from methods.config import MethodConfig
 from methods.context import RunContext
-from methods.loop import LoopState
 from methods.protocol import EvalPlan
 from methods.realdata import ClassData
 from methods.synset import SyntheticSet
@@ -80,22 +79,6 @@ class Method(abc.ABC):
         self, real: ClassData, ipc: int, *, seed: int, context: Optional[RunContext] = None
     ) -> SyntheticSet:
         """Condense ``real`` into ``ipc`` images per class; every draw seeded by ``seed``."""
-
-    def _loop_state(
-        self,
-        images: Tensor,
-        optimizer: torch.optim.Optimizer,
-        generators: Mapping[str, torch.Generator],
-        counters: dict[str, float],
-        *,
-        seed: int,
-        ipc: int,
-        history: Optional[list] = None,
-    ) -> "LoopState":
-        """The :class:`LoopState` of one run of this method; its checkpoints carry the run's
-        identity (method, seed, IPC), so another run's checkpoint is refused on restore."""
-        return LoopState(images, optimizer, generators, counters, history=history,
-                         identity={"method": self.name, "seed": int(seed), "ipc": int(ipc)})
 
     def _synset(
         self,
