@@ -18,7 +18,6 @@ import abc
 import dataclasses
 from typing import Any, ClassVar, Mapping, Optional
 
-import torch
 from torch import Tensor
 
 from methods.augment import default_dsa_strategy
