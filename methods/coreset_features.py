@@ -152,8 +152,9 @@ def data_fingerprint(real: ClassData) -> str:
 
 
 def feature_cache_key(real: ClassData, seed: int, config: FeatureNetConfig) -> str:
-    """Cache key of the trained feature network: dataset, class count, geometry, number of
-    images, data fingerprint, seed, architecture and the full training budget."""
+    """Cache key of the trained feature network and its presentation history: dataset, class
+    count, geometry, number of images, data fingerprint, seed, architecture and the full
+    training budget (everything that changes either)."""
     c = config
     geometry = f"{real.channel}x{real.im_size[0]}x{real.im_size[1]}"
     return (
