@@ -16,8 +16,10 @@ citations are written down) says how; its defaults are the published protocol:
 ``E`` follows the reference: 1000 with any augmentation, otherwise the plan's
 ``epochs_no_aug`` (300 for DC and the coresets, 600 for CAFE, 1000 for DM); an explicit
 ``epochs`` overrides it. ``plan_overrides`` change any other field for a comparison (soft
-labels, a learned lr, Adam, cosine, ZCA, best-validation-epoch selection); :class:`EvalResult`
-records the effective plan, every field.
+labels, a learned lr, Adam, cosine, ZCA, best-validation-epoch selection); ``labels=teacher``
+relabels any set with a teacher network trained on the whole training set
+(:mod:`benchmarks.teacher`: DD-Ranking's soft-label protocol, optionally one label per
+augmented view); :class:`EvalResult` records the effective plan, every field.
 
 This module resolves the plan and runs it; :mod:`benchmarks.eval_networks` trains and tests
 the networks (one at a time, or as a vectorised ensemble).
@@ -60,20 +62,25 @@ from torch import Tensor
 
 from benchmarks import UserError
 from benchmarks.data import Dataset
-from benchmarks.eval_networks import NetworkResult, lr_schedule, network_seed, test_accuracy, train_networks
+from benchmarks.eval_networks import (
+    NetworkResult, lr_schedule, make_augment, network_seed, test_accuracy, train_and_test, train_networks,
+)
+from benchmarks.teacher import Cache, PerViewLabels, Teacher, TeacherError, memory_cache, split_overrides
+from benchmarks.teacher import train_teacher, with_teacher_fields
 from methods.context import CostMeter
 from methods.errors import MethodError
 from methods.networks import canonical_network_name
-from methods.protocol import EvalPlan, ResolvedPlan, apply_overrides
+from methods.protocol import EvalPlan, ResolvedPlan, apply_overrides, epoch_schedule
 from methods.rng import make_generator
 from methods.synset import SyntheticSet
+from methods.training import make_loss
 from methods.zca import ZCA
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "WHOLE_DATASET_EPOCHS", "EvaluationError", "EvalResult", "NetworkResult", "effective_plan",
-    "validation_split", "evaluate_synset", "evaluate_whole_dataset",
+    "validation_split", "evaluate_synset", "evaluate_whole_dataset", "teacher_for",
     # the per-network side of the protocol, from benchmarks.eval_networks
     "lr_schedule", "network_seed", "test_accuracy", "train_networks",
 ]
@@ -95,7 +102,8 @@ class EvalResult:
     """All test accuracies (fractions in [0, 1]) of one architecture's ``num_eval`` networks.
 
     ``plan`` is the effective evaluation plan, every field (epochs, augmentation and lr as
-    used); ``labels`` is ``'hard'`` or ``'soft'``; ``selected_epochs`` the epoch each network's
+    used, and the teacher's fields for teacher labels); ``labels`` is ``'hard'``, ``'soft'`` (the
+    set's own) or ``'teacher'``; ``selected_epochs`` the epoch each network's
     accuracy comes from under ``selection='best_val'`` (None for the final epoch)."""
 
     arch: str
@@ -141,13 +149,21 @@ def effective_plan(
     *,
     epochs: Optional[int] = None,
     plan_overrides: Optional[Mapping[str, Any]] = None,
+    teacher_labels: bool = False,
 ) -> ResolvedPlan:
     """The plan actually run for ``arch`` on ``dataset_name``: the set's plan (or ``EvalPlan()``),
     then ``plan_overrides``, then an explicit ``epochs``, resolved (``'auto'`` augmentation,
     the reference epoch rule, the learned lr). Raises :class:`EvaluationError` listing every
-    problem, including what the plan needs that the set lacks (soft labels, lr, ZCA)."""
+    problem, including what the plan needs that the set lacks (soft labels, lr, ZCA).
+    ``plan_overrides`` may ask for teacher labels (``labels: teacher``, the ``teacher_*``
+    keys: :func:`benchmarks.teacher.split_overrides`); the plan then trains on soft labels that
+    the teacher provides (``teacher_labels`` says so when the overrides are already split)."""
     synset = synset_or_plan if isinstance(synset_or_plan, SyntheticSet) else None
     plan = synset.eval_plan if synset is not None else (synset_or_plan or EvalPlan())
+    plan_overrides, spec, problems = split_overrides(plan_overrides)
+    if problems:
+        raise EvaluationError("; ".join(problems))
+    teacher_labels = teacher_labels or spec is not None
     try:
         plan = apply_overrides(plan, plan_overrides)
         if epochs is not None:
@@ -156,7 +172,7 @@ def effective_plan(
     except MethodError as exc:
         raise EvaluationError(str(exc)) from None
     problems = plan.set_problems(
-        has_soft_labels=synset is not None and synset.soft_labels is not None,
+        has_soft_labels=teacher_labels or (synset is not None and synset.soft_labels is not None),
         has_learned_lr=synset is not None and synset.learned_lr is not None,
         has_zca=synset is None or synset.zca is not None,  # the whole-dataset baseline fits its own
     )
@@ -224,9 +240,12 @@ def _evaluate(
     channels_last: bool = False,
     zca: Optional[ZCA] = None,
     validation: Optional[tuple[Tensor, Tensor]] = None,
+    teacher: Optional[tuple[Teacher, Any]] = None,
 ) -> EvalResult:
     """Train ``num_eval`` networks on (``images``, ``labels``) with ``plan``; ``zca`` whitens
-    the test (and validation) images, whose training images are already in that space."""
+    the test (and validation) images, whose training images are already in that space.
+    ``teacher`` (a teacher and its :class:`~benchmarks.teacher.TeacherSpec`) records teacher
+    labels; with ``per_view`` the teacher relabels every augmented batch."""
     if int(num_eval) <= 0:
         raise EvaluationError(f"num_eval must be a positive number of networks, got {num_eval}")
     arch = canonical_network_name(arch)
@@ -240,13 +259,21 @@ def _evaluate(
     if validation is not None:
         vx, vy = validation[0].to(device), validation[1].to(device)
         validation = (zca.whiten(vx) if zca is not None else vx, vy)
-    runs = train_networks(
-        x, y, tx, ty, arch, net_indices=range(int(num_eval)), num_classes=dataset.num_classes,
-        channel=dataset.channel, im_size=dataset.im_size, epochs=plan.epochs, seed=seed,
-        augmentation=plan.augmentations, device=device, progress=progress, desc=desc,
-        vectorize=vectorize, bf16=bf16, channels_last=channels_last, plan=plan, validation=validation,
-    )
+    if teacher is not None and teacher[1].per_view:
+        runs = _train_per_view(x, y, tx, ty, arch, teacher[0], dataset=dataset, num_eval=int(num_eval), plan=plan,
+                               seed=seed, device=device, bf16=bf16, channels_last=channels_last,
+                               validation=validation, zca=zca)
+    else:
+        runs = train_networks(
+            x, y, tx, ty, arch, net_indices=range(int(num_eval)), num_classes=dataset.num_classes,
+            channel=dataset.channel, im_size=dataset.im_size, epochs=plan.epochs, seed=seed,
+            augmentation=plan.augmentations, device=device, progress=progress, desc=desc,
+            vectorize=vectorize, bf16=bf16, channels_last=channels_last, plan=plan, validation=validation,
+        )
     figures = meter.figures()
+    plan_dict = plan.to_dict()
+    if teacher is not None:
+        plan_dict = with_teacher_fields(plan_dict, teacher[1], teacher[0])
     result = EvalResult(
         arch=arch,
         accuracies=[r.accuracy for r in runs],
@@ -259,13 +286,53 @@ def _evaluate(
         peak_memory_mb=figures["peak_memory_mb"],
         device=str(device),
         seed=int(seed),
-        plan=plan.to_dict(),
-        labels=plan.plan.labels,
+        plan=plan_dict,
+        labels=str(plan_dict["labels"]),
         selected_epochs=None if validation is None else [r.epoch for r in runs],
     )
     log.info("%s: %.2f ± %.2f %% over %d nets (%d epochs, aug %s, %.1f s)", arch, 100 * result.mean,
              100 * result.std, num_eval, plan.epochs, plan.augmentation, result.wall_time_s)
     return result
+
+
+def _train_per_view(x: Tensor, y: Tensor, tx: Tensor, ty: Tensor, arch: str, teacher: Teacher, *,
+                    dataset: Dataset, num_eval: int, plan: ResolvedPlan, seed: int, device: torch.device,
+                    bf16: bool, channels_last: bool, validation: Optional[tuple[Tensor, Tensor]],
+                    zca: Optional[ZCA]) -> list[NetworkResult]:
+    """The networks of a per-view teacher plan, one after the other: every augmented batch is
+    labelled by the teacher (in pixel space: a ZCA set's batch is unwhitened for it)."""
+    p = plan.plan
+    loss = make_loss(p.loss, p.temperature)
+    to_teacher = teacher if zca is None else _UnwhitenedTeacher(teacher, zca)
+    schedule = epoch_schedule(p.schedule, plan.epochs, plan.lr)
+    out = []
+    for i in range(num_eval):
+        views = PerViewLabels(to_teacher, make_augment(plan.augmentations), loss)
+        out.append(train_and_test(
+            x, y, tx, ty, arch, num_classes=dataset.num_classes, channel=dataset.channel, im_size=dataset.im_size,
+            epochs=plan.epochs, seed=seed, net_index=i, augment=views.augment_fn, device=device, bf16=bf16,
+            channels_last=channels_last, schedule=schedule, momentum=p.momentum, weight_decay=p.weight_decay,
+            batch_size=p.batch_size, optimizer=p.optimizer, loss_fn=views.loss_fn, validation=validation,
+        ))
+    return out
+
+
+class _UnwhitenedTeacher:
+    """A teacher asked about ZCA-space images: it sees them unwhitened (its training space)."""
+
+    def __init__(self, teacher: Teacher, zca: ZCA) -> None:
+        self.teacher, self.zca = teacher, zca
+
+    def logits(self, images: Tensor) -> Tensor:
+        return self.teacher.logits(self.zca.unwhiten(images))
+
+
+def teacher_for(dataset: Dataset, arch: str, spec: Any, *, seed: int, device: Optional[torch.device | str] = None,
+                cache: Optional[Cache] = None) -> Teacher:
+    """The teacher of ``spec`` for ``dataset`` (trained, or from ``cache``; default: a cache
+    held by this process)."""
+    return train_teacher(dataset, spec.arch or arch, seed=seed, epochs=spec.epochs, device=device,
+                         cache=cache or memory_cache)
 
 
 def _validation(dataset: Dataset, plan: ResolvedPlan, seed: int) -> tuple[Optional[Tensor], Optional[tuple[Tensor, Tensor]]]:
@@ -292,21 +359,42 @@ def evaluate_synset(
     vectorize: Literal["auto", "sequential", "vectorized"] = "auto",
     bf16: bool = False,
     channels_last: bool = False,
+    teacher: Optional[Teacher] = None,
+    cache: Optional[Cache] = None,
 ) -> EvalResult:
     """Evaluate ``synset`` on ``num_eval`` fresh ``arch`` networks with its plan (module doc).
 
     ``plan_overrides`` change fields of the set's :class:`~methods.protocol.EvalPlan`
     (validated: :func:`methods.protocol.plan_problems`); an explicit ``epochs`` wins over
-    both. ``device`` defaults to the dataset's device. Raises :class:`EvaluationError`."""
+    both. ``labels: teacher`` in them relabels the set with a teacher (``teacher``, or one
+    trained for ``dataset`` and kept in ``cache``, default this process's memory; see
+    :mod:`benchmarks.teacher`). ``device`` defaults to the dataset's device. Raises
+    :class:`EvaluationError`."""
     arch = canonical_network_name(arch)
     _check_compatible(synset, dataset)
-    plan = effective_plan(synset, arch, dataset.name, epochs=epochs, plan_overrides=plan_overrides)
+    overrides, spec, problems = split_overrides(plan_overrides)
+    if problems:
+        raise EvaluationError("; ".join(problems))
+    plan = effective_plan(synset, arch, dataset.name, epochs=epochs, plan_overrides=overrides,
+                          teacher_labels=spec is not None)
+    zca = synset.zca if plan.plan.zca else None
     labels = synset.soft_labels if plan.plan.labels == "soft" else synset.labels
+    with_teacher = None
+    if spec is not None:
+        try:
+            if teacher is None:
+                teacher = teacher_for(dataset, arch, spec, seed=seed, device=device, cache=cache)
+            teacher.check_for(dataset.name, synset.num_classes)
+        except TeacherError as exc:
+            raise EvaluationError(str(exc)) from None
+        images = synset.images.to(next(teacher.net.parameters()).device, torch.float32)
+        labels = teacher.logits(images if zca is None else zca.unwhiten(images))
+        with_teacher = (teacher, spec)
     _keep, validation = _validation(dataset, plan, seed)
     return _evaluate(
         synset.images, labels, dataset, arch, num_eval=num_eval, plan=plan, seed=seed, device=device,
         progress=progress, desc=f"eval {synset.method} on {arch}", vectorize=vectorize, bf16=bf16,
-        channels_last=channels_last, zca=synset.zca if plan.plan.zca else None, validation=validation,
+        channels_last=channels_last, zca=zca, validation=validation, teacher=with_teacher,
     )
 
 
@@ -332,6 +420,9 @@ def evaluate_whole_dataset(
     images used; ``selection='best_val'`` trains on the training set minus the hold-out."""
     arch = canonical_network_name(arch)
     base = EvalPlan(epochs=None if epochs is None else int(epochs))
+    if split_overrides(plan_overrides)[1] is not None:
+        raise EvaluationError("the whole-dataset baseline trains on the dataset's own labels (hard labels, "
+                              "what HLR compares with); remove labels=teacher for it")
     plan = effective_plan(base, arch, dataset.name, plan_overrides=plan_overrides)
     keep, validation = _validation(dataset, plan, seed)
     images, labels = dataset.train.images, dataset.train.labels

@@ -63,7 +63,9 @@ REQUIRED_KEYS_V2 = ("method_info", "components", "variant_overrides", "dataset_d
 #: Cost keys every record carries (``None`` when not measured, e.g. no condensation for
 #: the whole dataset); the method's own counters follow under their own names.
 COST_KEYS = ("condense_wall_time_s", "condense_peak_memory_mb", "eval_wall_time_s", "eval_peak_memory_mb")
-LABEL_KINDS = ("hard", "soft")
+LABEL_KINDS = ("hard", "soft", "teacher")
+"""What a record's ``labels`` may say: class ids, the set's own soft labels, or soft labels a
+teacher network trained on the whole training set gave the set's images (``benchmarks.teacher``)."""
 
 
 class RecordError(ValueError):
@@ -89,7 +91,8 @@ class Record:
     ``variant_overrides`` are the config overrides beyond that entry (the network field
     excluded: the training architecture has its own column); empty means the published method.
     ``accuracies`` are fractions in [0, 1], one per trained evaluation network. ``labels`` is
-    ``hard`` (class ids) or ``soft`` (a label distribution per image). ``eval_plan`` is the
+    ``hard`` (class ids), ``soft`` (the set's own label distribution per image) or ``teacher``
+    (a teacher network's soft labels, ``benchmarks.teacher``). ``eval_plan`` is the
     evaluation protocol as executed (:class:`methods.protocol.EvalPlan`, every field);
     ``selected_epochs`` the epoch each network's accuracy comes from when the plan selects on a
     validation split (None: the final epoch)."""
