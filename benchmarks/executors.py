@@ -20,19 +20,32 @@ Registered executors:
 written to ``submitting/<token>.json``; every submission is written to ``jobs/<cell_id>.json``
 right after ``sbatch`` returns, and the ``submitting`` file is then removed. A launcher killed
 in between leaves that file behind and the next one finds the array by its name
-(:func:`recover_submissions`). A freshly submitted job may be unknown to SLURM's accounting for a
-moment: an UNKNOWN job counts as active for :data:`UNKNOWN_GRACE_S` after its submission.
+(:func:`recover_submissions`): tasks whose submitit pickle exists are tracked; tasks without one
+(the launcher died *during* ``sbatch``, before submitit named the pickles) can never run, so they
+are cancelled and their cells submitted again in the same run. The note is removed only once
+SLURM has answered; while it cannot be asked, the note's cells are held back (never submitted
+twice). One launcher at a time works on a store (:meth:`benchmarks.store.Store.launcher_lock`),
+so no live submission is mistaken for an interrupted one.
+
+A freshly submitted job may be unknown to SLURM's accounting for a moment: an UNKNOWN job counts
+as active for :data:`UNKNOWN_GRACE_S` after its submission; an array task SLURM no longer lists
+(:data:`benchmarks.slurm_client.GONE`: cancelled while pending) counts as ended after
+:data:`GONE_GRACE_S`. While SLURM cannot be asked at all
+(:data:`benchmarks.slurm_client.UNREACHABLE`) every job counts as active.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import os
+import re
 import signal
 import time
 import uuid
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
@@ -42,6 +55,7 @@ from benchmarks import UserError, slurm_client
 from benchmarks.cells import Cell
 from benchmarks.profile import ClusterProfile
 from benchmarks.run_options import RunOptions
+from benchmarks.storage import write_problem
 from benchmarks.store import Store
 from benchmarks.worker import CellJob
 from methods.registry import Registry
@@ -49,6 +63,14 @@ from methods.registry import Registry
 UNKNOWN_GRACE_S = 120
 """Seconds after submission during which a SLURM job that SLURM does not know yet counts as
 active; after that an UNKNOWN tracked job counts as gone."""
+
+GONE_GRACE_S = 20
+"""Seconds after submission before an array task SLURM no longer lists counts as ended (covers
+the moment between ``sbatch`` returning and the tasks appearing in ``squeue``)."""
+
+SUBMIT_SETTLE_S = 20
+"""An interrupted submission SLURM has no job of yet is dropped only once its note is this old:
+the ``sbatch`` of a launcher killed while it ran may still be on its way to the controller."""
 
 Work = tuple[Cell, list[str]]
 """A cell and the evaluation architectures it still has to write records for."""
@@ -72,6 +94,8 @@ class Submitted:
     archs: list[str]
     job: Any = None
     reattached: bool = False
+    submitted: Optional[str] = None
+    """ISO time of the submission (the UNKNOWN/GONE grace periods count from it)."""
 
 
 def make_job(store: Store, sweep_name: str, cell: Cell, archs: Sequence[str], options: RunOptions) -> CellJob:
@@ -135,7 +159,7 @@ class Executor(ABC):
     def reattach(self, cell: Cell, info: Mapping[str, Any]) -> Submitted:
         """Follow a job an earlier launcher submitted."""
         return Submitted(cell, self.name, str(info["job_id"]), list(info.get("archs") or cell.eval_archs),
-                         reattached=True)
+                         reattached=True, submitted=info.get("submitted"))
 
     @abstractmethod
     def finished(self, s: Submitted) -> bool:
@@ -150,13 +174,17 @@ class Executor(ABC):
         return False
 
     def settle(self, s: Submitted) -> str:
-        """After a job ended: 'done' when every record it owed exists, else 'failed' (writing a
-        failure when the job died without writing its own)."""
+        """After a job ended: 'done' when every record it owed exists, 'cancelled' when
+        ``benchmarks cancel`` stopped it, else 'failed' (writing a failure when the job died
+        without writing its own). Raises ``OSError`` when the store cannot be written."""
         store = self.store
         missing = store.missing_archs(s.cell.cell_id, s.archs)
         if not missing:
             store.update_job_state(s.cell.cell_id, "COMPLETED")
             return "done"
+        info = store.read_job(s.cell.cell_id) or {}
+        if info.get("state") == "CANCELLED_BY_USER" and str(info.get("job_id")) == s.job_id:
+            return "cancelled"
         state = self.final_state(s)
         store.update_job_state(s.cell.cell_id, state)
         failure = store.read_failure(s.cell.cell_id)
@@ -213,6 +241,80 @@ def sbatch_preview(params: Mapping[str, Any], folder: Path) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("#SBATCH")]
 
 
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _active(state: str, submitted: Optional[str]) -> bool:
+    """Whether a SLURM job in ``state`` (submitted at ISO time ``submitted``) is still queued or
+    running, or must be assumed to be (see the module doc for UNREACHABLE, GONE, UNKNOWN)."""
+    if state in slurm_client.ACTIVE_STATES or state == slurm_client.UNREACHABLE:
+        return True
+    if state == slurm_client.GONE:
+        return _seconds_since(submitted) < GONE_GRACE_S
+    if state == "UNKNOWN":
+        return _seconds_since(submitted) < UNKNOWN_GRACE_S
+    return False
+
+
+_UNSUBMITTED = re.compile(r"^(?:[0-9a-f]{32}\.pkl|\.submission_file_[0-9a-f]{32}\.sh)$")
+
+
+def unsubmitted_files(folder: Path) -> list[Path]:
+    """submitit's files of a submission that never got its job id: ``<uuid>.pkl`` pickles
+    (renamed ``<job_id>_submitted.pkl`` once ``sbatch`` returned) and submission scripts. With
+    one launcher per store (:meth:`benchmarks.store.Store.launcher_lock`), outside a
+    submission every one of them is an orphan."""
+    try:
+        return [p for p in Path(folder).iterdir() if _UNSUBMITTED.match(p.name)]
+    except OSError:
+        return []
+
+
+SBATCH_FIELDS: tuple[tuple[str, str], ...] = (
+    ("more processors requested than permitted", "cpus_per_task"),
+    ("cpu count per node can not be satisfied", "cpus_per_task"),
+    ("memory required by task is not available", "mem_gb"),
+    ("memory specification", "mem_gb"),
+    ("invalid generic resource", "gpus_per_node"),
+    ("gres", "gpus_per_node"),
+    ("invalid partition", "partition"),
+    ("invalid account", "account"),
+    ("invalid qos", "qos"),
+    ("time limit", "timeout_min"),
+    ("invalid feature specification", "constraint"),
+    ("requested node configuration is not available", "cpus_per_task, mem_gb or gpus_per_node"),
+)
+"""sbatch error text (lower case) -> the cluster-profile field that causes it."""
+
+_UNREACHABLE_TEXT = ("unable to contact slurm controller", "socket timed out", "connection refused",
+                     "connect failure", "zero bytes were transmitted")
+
+
+def sbatch_problem(exc: BaseException, profile: ClusterProfile) -> tuple[str, bool]:
+    """(one-line message, definite) for an ``sbatch`` that failed. ``definite``: SLURM refused
+    the job, so nothing was submitted; otherwise (controller unreachable, sbatch missing) it is
+    unknown whether the array was queued and the submission note must stay."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.lower().startswith("sbatch: error:")]
+    detail = (said[-1] if said else (lines[-1] if lines else type(exc).__name__)).replace("sbatch: error: ", "")
+    where = f"profile '{profile.name}'" + (f" ({profile.path})" if profile.path else "")
+    low = text.lower()
+    if isinstance(exc, FileNotFoundError):
+        return (f"sbatch is not installed here ({detail}); run the launcher on a SLURM login node or use "
+                "--executor local", True)
+    if any(t in low for t in _UNREACHABLE_TEXT):
+        return (f"sbatch could not reach the SLURM controller ({detail}); start it or retry later: the "
+                "next run asks SLURM whether the array was queued and submits only what is not", False)
+    for needle, fieldname in SBATCH_FIELDS:
+        if needle in low:
+            return f"sbatch refused the job array ({detail}): change '{fieldname}' in {where}", True
+    definite = "batch job submission failed" in low
+    return (f"sbatch failed ({detail}); check the resources of {where}"
+            + ("" if definite else "; the next run asks SLURM whether the array was queued"), definite)
+
+
 def _seconds_since(iso: Optional[str]) -> float:
     if not iso:
         return float("inf")
@@ -253,6 +355,11 @@ class SlurmExecutor(Executor):
         return list(groups.values())
 
     def submit(self, sweep_name: str, items: Sequence[Work], log: Callable[[str], None] = log_line) -> list[Submitted]:
+        """One ``sbatch`` per array (see the module doc). A refused ``sbatch`` is a
+        :class:`UserError` naming the profile field to change (:func:`sbatch_problem`); the
+        pickles and submission scripts it wrote are removed, and its ``submitting/`` note too
+        when SLURM definitely refused (kept when the answer is ambiguous, e.g. the controller
+        did not answer: the next run asks SLURM whether the array exists)."""
         out: list[Submitted] = []
         store = self.store
         for group in self.arrays(sweep_name, items):
@@ -263,18 +370,30 @@ class SlurmExecutor(Executor):
             executor = submitit.SlurmExecutor(folder=store.logs_dir)
             executor.update_parameters(**self.parameters(group[0][0].ipc, job_name))
             store.begin_submission(token, job_name, [(cell.cell_id, list(archs)) for cell, archs in group])
+            before = set(unsubmitted_files(store.logs_dir))
+            echoed = io.StringIO()  # submitit echoes sbatch's stderr; the UserError says it in one line
             try:
-                with executor.batch():
+                with contextlib.redirect_stderr(echoed), executor.batch():
                     jobs = [executor.submit(make_job(store, sweep_name, cell, archs, self.options))
                             for cell, archs in group]
-            except Exception:  # sbatch refused: nothing was submitted
+            except Exception as exc:  # sbatch refused or could not be run
+                for path in set(unsubmitted_files(store.logs_dir)) - before:
+                    path.unlink(missing_ok=True)
+                message, definite = sbatch_problem(exc, self.profile)
+                if definite:
+                    store.end_submission(token)
+                raise UserError(message) from None
+            submitted = utc_now_iso()
+            try:
+                for (cell, archs), job in zip(group, jobs):
+                    store.write_job(cell.cell_id, job_id=str(job.job_id), executor=self.name, archs=archs,
+                                    log_path=job_log_path(job))
                 store.end_submission(token)
-                raise
-            for (cell, archs), job in zip(group, jobs):
-                store.write_job(cell.cell_id, job_id=str(job.job_id), executor=self.name, archs=archs,
-                                log_path=job_log_path(job))
-                out.append(Submitted(cell, self.name, str(job.job_id), archs, job))
-            store.end_submission(token)
+            except OSError as exc:  # followed from memory; the kept note lets the next run track them
+                log(f"array {str(jobs[0].job_id).split('_')[0]} submitted but not recorded: "
+                    f"{write_problem(exc, store.root, '--output')}")
+            out += [Submitted(cell, self.name, str(job.job_id), archs, job, submitted=submitted)
+                    for (cell, archs), job in zip(group, jobs)]
             log(f"submitted {len(group)} cell(s) as SLURM array {str(jobs[0].job_id).split('_')[0]}")
         return out
 
@@ -286,11 +405,7 @@ class SlurmExecutor(Executor):
 
     def is_active(self, info: Mapping[str, Any], states: Optional[Mapping[str, str]] = None) -> tuple[bool, str]:
         state = self.state(info, states)
-        if state in slurm_client.ACTIVE_STATES:
-            return True, state
-        if state == "UNKNOWN":
-            return _seconds_since(info.get("submitted")) < UNKNOWN_GRACE_S, state
-        return False, state
+        return _active(state, info.get("submitted")), state
 
     def reattach(self, cell: Cell, info: Mapping[str, Any]) -> Submitted:
         s = super().reattach(cell, info)
@@ -298,7 +413,12 @@ class SlurmExecutor(Executor):
         return s
 
     def finished(self, s: Submitted) -> bool:
-        return s.job.done(force_check=True)  # submitit's own sacct polling
+        """submitit's own ``sacct`` polling, and the suite's client for what submitit never
+        settles: an array task cancelled while pending (GONE) or one SLURM forgot (UNKNOWN past
+        the grace period). While SLURM cannot be asked, nothing counts as finished."""
+        if s.job.done(force_check=True):
+            return True
+        return not _active(slurm_client.job_state(s.job_id), s.submitted)
 
     def final_state(self, s: Submitted) -> str:
         return slurm_client.job_state(s.job_id)
@@ -307,38 +427,79 @@ class SlurmExecutor(Executor):
         return slurm_client.cancel(str(info["job_id"]))
 
 
+@dataclass
+class Recovery:
+    """What :func:`recover_submissions` did: ``recovered`` cells now tracked, ``resubmit`` cells
+    whose tasks could never run (cancelled; to be submitted again in this run) and ``held``
+    cells of submissions SLURM could not be asked about (not to be submitted in this run)."""
+
+    recovered: int = 0
+    resubmit: list[str] = field(default_factory=list)
+    held: set[str] = field(default_factory=set)
+
+
 def recover_submissions(store: Store, log: Callable[[str], None] = log_line,
-                        find: Optional[Callable[[str], Optional[dict[int, str]]]] = None) -> int:
-    """Track the jobs of SLURM submissions a killed launcher left half-recorded (the
-    ``submitting/<token>.json`` files); returns how many cells were recovered. ``find`` maps a
-    job name to its array tasks (default :func:`benchmarks.slurm_client.jobs_named`). A
-    submission SLURM has no job of never happened: it is dropped and its cells are submitted
-    normally."""
-    recovered = 0
+                        find: Optional[Callable[[str], Optional[dict[int, str]]]] = None,
+                        cancel: Optional[Callable[[str], bool]] = None,
+                        settle_s: float = SUBMIT_SETTLE_S) -> Recovery:
+    """Resolve the SLURM submissions a killed launcher left half-recorded (the
+    ``submitting/<token>.json`` notes; see the module doc). ``find`` maps a job name to its
+    array tasks (default :func:`benchmarks.slurm_client.jobs_named`), ``cancel`` cancels a task
+    (default :func:`benchmarks.slurm_client.cancel`).
+
+    Per note: SLURM cannot be asked -> the note stays and its cells are held; SLURM knows no
+    job of it -> it never happened (once the note is ``settle_s`` old: an ``sbatch`` may still
+    be on its way) and its cells are submitted normally; otherwise every task with its submitit
+    pickle is tracked and every task without one is cancelled, its cell submitted again. The
+    caller must hold the store's launcher lock."""
+    find = find or slurm_client.jobs_named
+    cancel = cancel or slurm_client.cancel
+    result = Recovery()
     for intent in store.pending_submissions():
-        found = (find or slurm_client.jobs_named)(str(intent["job_name"]))
+        name = str(intent["job_name"])
         cells = intent["cells"]
+        found = find(name)
+        age = _seconds_since(intent.get("started"))
+        if found == {} and age < settle_s:
+            time.sleep(max(0.0, settle_s - age))
+            found = find(name)
         if found is None:
-            log(f"could not ask SLURM about the interrupted submission '{intent['job_name']}'; "
-                f"cells without a tracked job will be submitted again")
-        elif found:
-            n = 0
-            for index, job_id in sorted(found.items()):
-                if index >= len(cells):
-                    continue
-                cell_id = str(cells[index]["cell_id"])
-                info = store.read_job(cell_id)
-                if info and str(info.get("job_id")) == job_id:
-                    continue
-                job = submitit.SlurmJob(folder=store.logs_dir, job_id=job_id)
-                store.write_job(cell_id, job_id=job_id, executor=SlurmExecutor.name,
-                                archs=list(cells[index].get("archs") or []), log_path=job_log_path(job))
-                n += 1
-            recovered += n
-            log(f"recovered {n} job(s) of the interrupted submission '{intent['job_name']}' "
-                f"(the launcher stopped before tracking them)")
+            result.held.update(str(c["cell_id"]) for c in cells)
+            log(f"SLURM did not answer about the interrupted submission '{name}': its {len(cells)} cell(s) "
+                "are not submitted again until it does (re-run once the controller is back)")
+            continue
+        tracked, lost, unresolved = 0, [], False
+        for index, job_id in sorted(found.items()):
+            if index >= len(cells):
+                continue
+            cell_id = str(cells[index]["cell_id"])
+            info = store.read_job(cell_id)
+            if info and str(info.get("job_id")) == job_id:
+                continue
+            job = submitit.SlurmJob(folder=store.logs_dir, job_id=job_id)
+            if not job.paths.submitted_pickle.exists():
+                # killed during sbatch: submitit never renamed the pickle, the task cannot run
+                if cancel(job_id) or not _active(slurm_client.job_state(job_id), None):
+                    lost.append(cell_id)
+                else:
+                    unresolved = True
+                    result.held.add(cell_id)
+                continue
+            store.write_job(cell_id, job_id=job_id, executor=SlurmExecutor.name,
+                            archs=list(cells[index].get("archs") or []), log_path=job_log_path(job))
+            tracked += 1
+        result.recovered += tracked
+        result.resubmit += lost
+        if found:
+            log(f"interrupted submission '{name}': {tracked} task(s) tracked"
+                + (f", {len(lost)} without their job file cancelled and submitted again" if lost else "")
+                + (" (some could not be cancelled: re-run once SLURM answers)" if unresolved else ""))
+        if unresolved:
+            continue
+        for path in unsubmitted_files(store.logs_dir):
+            path.unlink(missing_ok=True)
         store.end_submission(intent["token"])
-    return recovered
+    return result
 
 
 # --------------------------------------------------------------------------------------------

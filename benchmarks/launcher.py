@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from benchmarks import slurm_client
+from benchmarks import UserError, slurm_client
 from benchmarks.cells import Cell
 from benchmarks.executors import (
-    EXECUTORS, Executor, SlurmExecutor, Submitted, Work, executor_for, log_line, recover_submissions,
+    EXECUTORS, Executor, Recovery, SlurmExecutor, Submitted, Work, executor_for, log_line, recover_submissions,
 )
+from benchmarks.storage import write_problem
 from benchmarks.run_options import RunOptions
 from benchmarks.store import Store
 from benchmarks.sweep import Sweep
@@ -30,11 +31,17 @@ from benchmarks.sweep import Sweep
 PROGRESS_EVERY_S = 30.0
 """Seconds between the launcher's progress lines while it waits."""
 
+LOCK_WAIT_S = 5.0
+"""Seconds a launcher waits for the store's launcher lock (held briefly by ``status``/``cancel``
+while they resolve interrupted submissions) before refusing to run beside another launcher."""
+
 
 @dataclass
 class CellStatus:
-    """Where one cell stands: ``status`` is done | running | pending | failed | cancelled |
-    partial (some architectures' records missing) | missing."""
+    """Where one cell stands: ``status`` is done | running | pending | unknown (SLURM did not
+    answer about its job) | failed | cancelled | partial (some architectures' records missing) |
+    corrupt (a record or the synthetic set is unreadable or does not match its checksum) |
+    missing."""
 
     cell: Cell
     status: str
@@ -54,6 +61,8 @@ class RunSummary:
     reattached: int = 0
     done: int = 0
     failed: int = 0
+    cancelled: int = 0
+    held: int = 0
     still_running: int = 0
     statuses: list[CellStatus] = field(default_factory=list)
 
@@ -89,46 +98,75 @@ def prefetch_states(store: Store, cells: Iterable[Cell]) -> dict[str, str]:
 def cell_status(store: Store, cell: Cell, *, query: bool = True,
                 states: Optional[Mapping[str, str]] = None) -> CellStatus:
     """The status of one cell from its records, recorded job and failure (``query``: ask the
-    executor whether the recorded job is still active)."""
+    executor whether the recorded job is still active). A job that ended in a failed state
+    without leaving a failure file (e.g. it could not write to the store) is shown as failed
+    with SLURM's state."""
     missing = store.missing_archs(cell.cell_id, list(cell.eval_archs))
     info = store.read_job(cell.cell_id)
     job_id = None if not info else str(info.get("job_id"))
     log_path = None if not info else info.get("log_path")
     if not missing:
         return CellStatus(cell, "done", job_id, info.get("state") if info else None, log_path)
+    state = info.get("state") if info else None
     if info and query:
         active, state = is_active(store, info, states)
         if active:
-            kind = "pending" if state in slurm_client.WAITING_STATES else "running"
+            kind = ("unknown" if state == slurm_client.UNREACHABLE
+                    else "pending" if state in slurm_client.WAITING_STATES else "running")
             return CellStatus(cell, kind, job_id, state, log_path, missing_archs=missing)
     if info and info.get("state") == "CANCELLED_BY_USER":
         return CellStatus(cell, "cancelled", job_id, "CANCELLED", log_path, missing_archs=missing)
+    corrupt = store.corrupt_records(cell.cell_id)
+    if corrupt:
+        return CellStatus(cell, "corrupt", job_id, state, log_path,
+                          f"unreadable record(s): {', '.join(str(p) for p in corrupt)}", missing)
     failure = store.read_failure(cell.cell_id)
     if failure is not None:
-        return CellStatus(cell, "failed", failure.get("job_id") or job_id, info.get("state") if info else None,
+        return CellStatus(cell, "failed", failure.get("job_id") or job_id, state,
                           failure.get("log_path") or log_path, failure.get("error"), missing)
+    if info and state in slurm_client.TERMINAL_FAILURES:
+        kind = "cancelled" if state in ("CANCELLED", slurm_client.GONE) else "failed"
+        return CellStatus(cell, kind, job_id, state, log_path,
+                          f"job {job_id} ended {state} (SLURM) without writing its records or a failure "
+                          f"file: is {store.root} writable and not full? see its log", missing)
     partial = len(missing) < len(cell.eval_archs)
-    return CellStatus(cell, "partial" if partial else "missing", job_id,
-                      info.get("state") if info else None, log_path, missing_archs=missing)
+    return CellStatus(cell, "partial" if partial else "missing", job_id, state, log_path, missing_archs=missing)
 
 
-def store_status(store: Store, *, query: bool = True) -> list[CellStatus]:
-    """Every cell's status (``query``: recover interrupted submissions and ask SLURM)."""
-    if query:
-        recover_submissions(store)
+def try_recover(store: Store, log: Callable[[str], None] = log_line) -> Optional[Recovery]:
+    """Resolve interrupted submissions unless a launcher holds the store (it does so itself);
+    None when it was left to that launcher."""
+    try:
+        with store.launcher_lock():
+            return recover_submissions(store, log)
+    except UserError:
+        return None
+
+
+def store_status(store: Store, *, query: bool = True, recover: bool = True) -> list[CellStatus]:
+    """Every cell's status (``query``: ask SLURM, and with ``recover`` first resolve
+    interrupted submissions unless a launcher works on the store)."""
     _, raw = store.read_cells()
+    if query and recover:
+        try_recover(store)
     cells = [Cell.from_json(c) for c in raw]
     states = prefetch_states(store, cells) if query else None
     return [cell_status(store, c, query=query, states=states) for c in cells]
 
 
-def plan(store: Store, sweep: Sweep, *, force: bool = False) -> tuple[list[Cell], list[tuple[Cell, dict]], list[Work]]:
+def plan(store: Store, sweep: Sweep, *, force: bool = False, recovery: Optional[Recovery] = None,
+         log: Callable[[str], None] = log_line) -> tuple[list[Cell], list[tuple[Cell, dict]], list[Work]]:
     """Split the sweep's cells into (finished, still recorded as active, to submit). With
-    ``force`` every cell without an active job is to submit, with all its architectures."""
-    recover_submissions(store)
+    ``force`` every cell without an active job is to submit, with all its architectures.
+    Cells of an interrupted submission SLURM could not be asked about (``recovery.held``;
+    ``recovery`` None: resolved here) are in none of the three: they are not submitted."""
+    if recovery is None:
+        recovery = recover_submissions(store, log)
     finished, active, todo = [], [], []
     states = prefetch_states(store, sweep.cells) if not force else None
     for cell in sweep.cells:
+        if cell.cell_id in recovery.held:
+            continue
         info = store.read_job(cell.cell_id)
         if force:
             running, _ = is_active(store, info)
@@ -151,20 +189,46 @@ def plan(store: Store, sweep: Sweep, *, force: bool = False) -> tuple[list[Cell]
 
 def run_sweep(sweep: Sweep, options: RunOptions, *, log: Callable[[str], None] = log_line) -> RunSummary:
     """Run (or resume) a validated sweep into its store and follow its jobs until they end
-    (unless the executor does not follow them: ``slurm`` with ``options.wait`` False)."""
+    (unless the executor does not follow them: ``slurm`` with ``options.wait`` False).
+
+    One launcher at a time per store (:meth:`benchmarks.store.Store.launcher_lock`; a second
+    gets a :class:`UserError`). A store that cannot be created or written at the start is a
+    :class:`UserError` naming the folder, the error and what to do; a write that fails later
+    (disk full, made read-only) is one log line, and the launcher keeps following the other
+    cells."""
     store = Store(sweep.output)
     executor = executor_for(options.executor, store, options)
-    store.init(sweep.name, sweep.spec_text, [c.to_json() for c in sweep.cells])
-    finished, active, todo = plan(store, sweep, force=options.force)
-    summary = RunSummary(skipped=len(finished))
-    if options.force:
+    try:
+        lock = store.launcher_lock(wait_s=LOCK_WAIT_S)
+        lock.__enter__()
+    except OSError as exc:
+        raise UserError(write_problem(exc, store.root, "--output")) from None
+    try:
+        return _run_locked(store, executor, sweep, options, log)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_locked(store: Store, executor: Executor, sweep: Sweep, options: RunOptions,
+                log: Callable[[str], None]) -> RunSummary:
+    try:
+        store.init(sweep.name, sweep.spec_text, [c.to_json() for c in sweep.cells])
+    except OSError as exc:
+        raise UserError(write_problem(exc, store.root, "--output")) from None
+    recovery = recover_submissions(store, log)
+    finished, active, todo = plan(store, sweep, force=options.force, recovery=recovery, log=log)
+    summary = RunSummary(skipped=len(finished), held=len(recovery.held & {c.cell_id for c in sweep.cells}))
+    try:
+        if options.force:
+            for cell, _ in todo:
+                store.delete_cell_results(cell.cell_id)
         for cell, _ in todo:
-            store.delete_cell_results(cell.cell_id)
+            store.clear_failure(cell.cell_id)
+    except OSError as exc:
+        raise UserError(write_problem(exc, store.root, "--output")) from None
     log(f"sweep '{sweep.name}': {len(sweep.cells)} cells -> {len(finished)} finished (skipped), "
         f"{len(active) if executor.reattaches else 0} already queued/running (re-attached), "
-        f"{len(todo)} to run [{executor.name}]")
-    for cell, _ in todo:
-        store.clear_failure(cell.cell_id)
+        f"{len(todo)} to run [{executor.name}]" + (f", {summary.held} held back" if summary.held else ""))
 
     in_flight: list[Submitted] = []
     if executor.reattaches:
@@ -180,29 +244,46 @@ def run_sweep(sweep: Sweep, options: RunOptions, *, log: Callable[[str], None] =
         room = executor.capacity(in_flight)
         take = queue if room is None else queue[:room]
         if take:
-            in_flight += executor.submit(sweep.name, take, log)
+            try:
+                in_flight += executor.submit(sweep.name, take, log)
+                summary.submitted += len(take)
+            except OSError as exc:  # the store stopped accepting writes: submit nothing more
+                log(f"{len(queue)} cell(s) not submitted: {write_problem(exc, store.root, '--output')}")
+                total -= len(queue)
+                take = queue
             queue = queue[len(take):]
-            summary.submitted += len(take)
         if not executor.follows:
             summary.still_running = len(in_flight)
-            summary.statuses = store_status(store)
+            summary.statuses = store_status(store, recover=False)
             return summary
         for s in list(in_flight):
             tracker = executor if s.executor == executor.name else executor_for(s.executor, store)
             if not tracker.finished(s):
                 continue
             in_flight.remove(s)
-            if tracker.settle(s) == "done":
+            try:
+                outcome = tracker.settle(s)
+            except OSError as exc:
+                summary.failed += 1
+                log(f"cell {s.cell.cell_id} ({s.cell.describe()}): job {s.job_id} ended, its outcome cannot "
+                    f"be written: {write_problem(exc, store.root, '--output')}")
+                continue
+            if outcome == "done":
                 summary.done += 1
+            elif outcome == "cancelled":
+                summary.cancelled += 1
+                log(f"cell {s.cell.cell_id} ({s.cell.describe()}) cancelled (job {s.job_id})")
             else:
                 summary.failed += 1
                 fail = store.read_failure(s.cell.cell_id) or {}
-                log(f"cell {s.cell.cell_id} ({s.cell.describe()}) FAILED: {fail.get('error')} "
+                log(f"cell {s.cell.cell_id} ({s.cell.describe()}) FAILED: {one_line(fail.get('error'))} "
                     f"(log: {fail.get('log_path')})")
         now = time.monotonic()
         if now - last_report > PROGRESS_EVERY_S or not (in_flight or queue):
-            log(f"progress: {summary.done + summary.failed}/{total} finished "
-                f"({summary.done} done, {summary.failed} failed), {len(in_flight)} in flight, {len(queue)} waiting")
+            ended = summary.done + summary.failed + summary.cancelled
+            log(f"progress: {ended}/{total} finished ({summary.done} done, {summary.failed} failed"
+                + (f", {summary.cancelled} cancelled" if summary.cancelled else "")
+                + f"), {len(in_flight)} in flight, {len(queue)} waiting")
             last_report = now
         if not (in_flight or queue):
             break
@@ -211,9 +292,15 @@ def run_sweep(sweep: Sweep, options: RunOptions, *, log: Callable[[str], None] =
     return summary
 
 
+def one_line(text: Any) -> str:
+    """The last non-empty line of an error text (its cause), whole."""
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
 def cancel_store(store: Store, log: Callable[[str], None] = log_line) -> list[str]:
     """Cancel every recorded, still active job of a store; returns the cancelled job ids."""
-    recover_submissions(store, log)
+    try_recover(store, log)
     _, cells = store.read_cells()
     cancelled = []
     for c in cells:

@@ -6,7 +6,11 @@ degrades to "state unknown" instead of crashing. Submission itself is submitit's
 (:class:`benchmarks.executors.SlurmExecutor`).
 
 States are SLURM's names (``squeue -o %T``, ``sacct -o State``), upper case, first word only
-(``CANCELLED by 0`` -> ``CANCELLED``).
+(``CANCELLED by 0`` -> ``CANCELLED``), plus three of the suite's own for a job SLURM does not
+list: :data:`UNREACHABLE` (neither ``squeue`` nor ``sacct`` answered: nothing is known, so the
+job must be assumed alive), :data:`GONE` (SLURM knows the array but no longer lists this task:
+a pending task cancelled on its own, which ``sacct`` never records) and ``UNKNOWN`` (SLURM
+answered and knows nothing of the job: just submitted and not yet in accounting, or long gone).
 """
 
 from __future__ import annotations
@@ -23,6 +27,19 @@ ACTIVE_STATES = frozenset({
 WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "UNKNOWN"})
 """Active states in which the job has not started (``status`` shows such a cell as pending)."""
 
+UNREACHABLE = "UNREACHABLE"
+"""State of every job when SLURM could not be asked (controller down, client missing)."""
+
+GONE = "GONE"
+"""State of an array task SLURM no longer lists although it knows its array (cancelled while
+pending: ``squeue`` drops it and ``sacct`` shows only the array's pending range)."""
+
+TERMINAL_FAILURES = frozenset({
+    "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", GONE,
+})
+"""End states of a job that did not complete (``status`` shows the cell as failed or cancelled
+from SLURM's word even when the job could not write its failure file)."""
+
 
 def client_output(cmd: Sequence[str], timeout: float = 60) -> Optional[str]:
     """stdout of a SLURM client command, or None when it is missing, fails or hangs."""
@@ -33,31 +50,73 @@ def client_output(cmd: Sequence[str], timeout: float = 60) -> Optional[str]:
     return out.stdout if out.returncode == 0 else None
 
 
+def _range_tasks(spec: str) -> Optional[set[int]]:
+    """Task indices of an unexpanded array range like ``[0-3,7%2]`` (None if unparsable)."""
+    body = spec.strip("[]").split("%")[0]
+    tasks: set[int] = set()
+    for part in body.split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            return None
+        tasks.update(range(int(lo), int(hi or lo) + 1))
+    return tasks
+
+
 def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
     """States of many SLURM jobs in two calls: ``squeue -r`` (queued/running, array tasks
-    expanded) and one ``sacct`` for the rest (finished). Ids neither knows are left out."""
+    expanded) and one ``sacct`` for the rest (finished, and the unexpanded range of an array's
+    pending tasks). Every id gets a state: SLURM's, or :data:`UNREACHABLE`, :data:`GONE`,
+    ``UNKNOWN`` (see the module doc)."""
     wanted = {str(j) for j in job_ids}
     states: dict[str, str] = {}
     if not wanted:
         return states
-    for line in (client_output(["squeue", "-h", "-r", "-o", "%i|%T"]) or "").splitlines():
+    queue = client_output(["squeue", "-h", "-r", "-o", "%i|%T"])
+    listed_bases: set[str] = set()
+    for line in (queue or "").splitlines():
         jid, _, state = line.partition("|")
+        listed_bases.add(jid.split("_")[0])
         if jid in wanted:
             states[jid] = state.strip().upper()
     rest = sorted(wanted - set(states))
+    acct = None
     if rest:
         bases = sorted({j.split("_")[0] for j in rest})
-        out = client_output(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(bases)])
-        for line in (out or "").splitlines():
-            jid, _, state = line.partition("|")
+        acct = client_output(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(bases)])
+        ranges: dict[str, list[tuple[set[int], str]]] = {}
+        for line in (acct or "").splitlines():
+            jid, _, raw = line.partition("|")
+            state = (raw.split() or ["UNKNOWN"])[0].upper()
+            base, _, task = jid.partition("_")
+            listed_bases.add(base)
             if jid in wanted and jid not in states:
-                states[jid] = (state.split() or ["UNKNOWN"])[0].upper()
+                states[jid] = state
+            elif task.startswith("["):
+                tasks = _range_tasks(task)
+                if tasks is not None:
+                    ranges.setdefault(base, []).append((tasks, state))
+        for jid in rest:
+            if jid in states:
+                continue
+            base, _, task = jid.partition("_")
+            for tasks, state in ranges.get(base, []):
+                if task.isdigit() and int(task) in tasks:
+                    # squeue -r expands pending tasks: a "pending" one it does not list was cancelled
+                    states[jid] = GONE if state in WAITING_STATES and queue is not None else state
+                    break
+    for jid in wanted - set(states):
+        if queue is None and acct is None:
+            states[jid] = UNREACHABLE
+        elif "_" in jid and jid.split("_")[0] in listed_bases and queue is not None and acct is not None:
+            states[jid] = GONE
+        else:
+            states[jid] = "UNKNOWN"
     return states
 
 
 def job_state(job_id: str) -> str:
-    """State of one job (see :func:`slurm_states`); ``UNKNOWN`` when SLURM does not know it."""
-    return slurm_states([job_id]).get(str(job_id), "UNKNOWN")
+    """State of one job (see :func:`slurm_states`)."""
+    return slurm_states([job_id])[str(job_id)]
 
 
 def jobs_named(job_name: str) -> Optional[dict[int, str]]:

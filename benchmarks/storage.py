@@ -1,21 +1,27 @@
-"""File-backed storage for runs: a checkpoint store for method loop state and a tensor cache.
+"""File-backed storage for runs: the one atomic write, a checkpoint store and a tensor cache.
 
-Both write atomically (a uniquely named temp file in the target folder, then ``os.replace``),
-so a preempted job or two concurrent jobs never leave a half-written file behind, and both read
-with ``torch.load(weights_only=True)``: only tensors and primitives, never arbitrary pickles.
+Every file the benchmarks layer writes goes through :func:`atomic_write_bytes` (JSON through the
+store, tensors through :func:`atomic_torch_save`): a uniquely named temp file in the target
+folder, written, flushed and ``fsync``'ed, then ``os.replace`` -- a preempted job, a full disk
+or two concurrent writers leave either the old file or the new one, never a partial file, and
+the temp file is removed when any step fails. A failed write is an ``OSError`` (a full disk is
+``ENOSPC``, never torch's ``inline_container.cc`` error: tensors are serialised in memory
+first); :func:`write_problem` turns it into the one-line message users see. Reads use
+``torch.load(weights_only=True)``: only tensors and primitives, never arbitrary pickles.
+This module imports torch only when a tensor is written or read.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import logging
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
-
-import torch
 
 from benchmarks import UserError
 
@@ -26,18 +32,88 @@ class CheckpointError(UserError):
     """A checkpoint file that exists but cannot be read."""
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` via a unique temp file in the same folder + rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and durably (see the module doc); the parent
+    folder is created. Raises ``OSError`` (the temp file removed) when any step fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` of ``obj`` into memory (what :func:`atomic_torch_save` writes)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` through :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, torch_bytes(obj))
+
+
+_ADVICE = {
+    errno.ENOSPC: "the filesystem is full: free space there or choose another {flag}",
+    errno.EDQUOT: "the disk quota is exceeded: free space there or choose another {flag}",
+    errno.EROFS: "the filesystem is read-only: choose another {flag}",
+    errno.EACCES: "permission denied: make it writable (chmod, or chattr -i) or choose another {flag}",
+    errno.EPERM: "the folder or file is not writable (immutable? see lsattr / chattr -i) or choose another {flag}",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another {flag}",
+    errno.EEXIST: "a part of the path is a file, not a folder: choose another {flag}",
+    errno.ENOENT: "a part of the path does not exist: create it or choose another {flag}",
+}
+
+
+def write_problem(exc: OSError, where: str | os.PathLike, flag: str = "output path") -> str:
+    """One line for a failed write: which path, which error, what to do (``flag`` names the
+    option that chooses the path, e.g. ``--output``)."""
+    path = getattr(exc, "filename", None) or where
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    advice = _ADVICE.get(exc.errno or -1, "check the path and its filesystem or choose another {flag}")
+    return f"cannot write {path} under {where} ({type(exc).__name__}: {reason}); {advice.format(flag=flag)}"
+
+
+def check_writable(path: str | os.PathLike, *, flag: str, folder: bool = False) -> Path:
+    """Check, before any compute, that ``path`` (a file to create, or with ``folder`` a folder
+    to write into) can be written: creates the missing parent folders and writes then removes
+    a probe file. Raises :class:`UserError` (one line naming ``flag``) when it cannot."""
+    path = Path(path).expanduser()
+    target = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file path")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=target)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            Path(probe).unlink(missing_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: " + write_problem(exc, target, flag)) from None
     return path
 
 
@@ -57,6 +133,8 @@ class FileCheckpointStore:
     def load(self) -> Optional[dict[str, Any]]:
         if not self.path.exists():
             return None
+        import torch
+
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated zip, foreign pickle, not a torch file
@@ -97,6 +175,8 @@ def disk_cache(folder: str | os.PathLike) -> Callable[[str, Callable[[], dict]],
     root = Path(folder)
 
     def cache(key: str, compute: Callable[[], dict]) -> dict:
+        import torch
+
         path = root / _cache_file_name(key)
         if path.is_file():
             try:

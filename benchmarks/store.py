@@ -6,6 +6,7 @@ Layout (``analysis`` reads exactly this; see the record schema below)::
     <out>/cells.json                        {"sweep": name, "cells": [Cell.to_json(), ...]}
     <out>/records/<cell_id>__<arch>.json    one per finished (cell, evaluation architecture)
     <out>/synsets/<cell_id>.pt              the SyntheticSet, stored once per cell
+    <out>/synsets/<cell_id>.json            {"bytes", "sha256"} of that file, written right after it
     <out>/failures/<cell_id>.json           {"cell_id", "error", "traceback", "log_path", "job_id", "created"}
     <out>/jobs/<cell_id>.json               submitted job ids, executor, times (re-attach, no duplicates)
     <out>/submitting/<token>.json           a SLURM array being submitted: job name + its cells in
@@ -14,9 +15,10 @@ Layout (``analysis`` reads exactly this; see the record schema below)::
     <out>/cache/                            reusable tensors (e.g. herding's feature network)
     <out>/logs/                             submitit's folder: <job_id>_0_log.out/.err, pickles
 
-Every file is written atomically: a uniquely named temp file in the same folder, flushed and
-fsync'ed, then ``os.replace`` -- a crash at any point leaves either the old file or the new one,
-never a partial record. Readers ignore the ``.*.tmp`` leftovers of a crash.
+Every file is written atomically through :func:`benchmarks.storage.atomic_write_bytes` (a
+uniquely named temp file in the same folder, flushed and fsync'ed, then ``os.replace``) -- a
+crash or a full disk at any point leaves either the old file or the new one, never a partial
+record, and no temp file. Readers ignore ``.*.tmp`` leftovers of a killed process.
 
 A record is a :class:`benchmarks.record.Record` (its module documents every field and the
 schema versions): the cell, the evaluation, the accuracies, the cost, and the registry metadata
@@ -27,38 +29,26 @@ schema versions): the cell, the evaluation, the accuracies, the cost, and the re
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import re
 import subprocess
-import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
 
 from benchmarks.record import RECORD_SCHEMA, RECORD_SCHEMA_VERSION, Record, enrich_cell, upgrade_record
+from benchmarks.storage import atomic_write_bytes
 _ARCH_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via temp file + fsync + rename (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def atomic_write_json(path: Path, obj: Any) -> Path:
@@ -149,6 +139,9 @@ class Store:
     def synset_relpath(self, cell_id: str) -> str:
         return f"synsets/{cell_id}.pt"
 
+    def synset_digest_path(self, cell_id: str) -> Path:
+        return self.root / "synsets" / f"{cell_id}.json"
+
     def checkpoint_path(self, cell_id: str) -> Path:
         return self.root / "checkpoints" / f"{cell_id}.pt"
 
@@ -224,6 +217,44 @@ class Store:
         rec.setdefault("created", utc_now())
         return atomic_write_json(self.record_path(rec["cell_id"], rec["eval_arch"]), rec)
 
+    def corrupt_records(self, cell_id: Optional[str] = None) -> list[Path]:
+        """Record files (of one cell, or all) that exist but do not parse as a record."""
+        if not self.records_dir.is_dir():
+            return []
+        pattern = f"{cell_id}__*.json" if cell_id else "*.json"
+        return [p for p in sorted(self.records_dir.glob(pattern))
+                if not (isinstance(rec := read_json(p), dict) and rec.get("schema") == RECORD_SCHEMA)]
+
+    # -- synthetic sets ---------------------------------------------------------------------
+    def write_synset_digest(self, cell_id: str) -> dict[str, Any]:
+        """Write the size and SHA-256 of the cell's stored synthetic set next to it (checked by
+        :meth:`synset_problem`)."""
+        data = self.synset_path(cell_id).read_bytes()
+        digest = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "created": utc_now()}
+        atomic_write_json(self.synset_digest_path(cell_id), digest)
+        return digest
+
+    def synset_problem(self, cell_id: str, *, needed: bool = True) -> Optional[str]:
+        """Why the cell's stored synthetic set cannot be trusted (None: it can): missing while
+        ``needed``, a size or checksum other than the ones written with it, or an unreadable
+        digest. A set from before digests were written is trusted as it is."""
+        path = self.synset_path(cell_id)
+        if not path.is_file():
+            return f"{path} is missing" if needed else None
+        digest_path = self.synset_digest_path(cell_id)
+        if not digest_path.exists():
+            return None
+        digest = read_json(digest_path)
+        if not isinstance(digest, dict) or not isinstance(digest.get("bytes"), int):
+            return f"{digest_path} (the checksum of {path.name}) is unreadable"
+        size = path.stat().st_size
+        if size != digest["bytes"]:
+            return f"{path} has {size} bytes, {digest['bytes']} were written"
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        if sha != digest.get("sha256"):
+            return f"{path} does not match the checksum written with it"
+        return None
+
     def iter_records(self) -> Iterator[dict[str, Any]]:
         if not self.records_dir.is_dir():
             return
@@ -236,7 +267,8 @@ class Store:
         """Forget everything computed for a cell (``--force``)."""
         for path in self.records_dir.glob(f"{cell_id}__*.json"):
             path.unlink(missing_ok=True)
-        for path in (self.synset_path(cell_id), self.checkpoint_path(cell_id), self.failure_path(cell_id)):
+        for path in (self.synset_path(cell_id), self.synset_digest_path(cell_id), self.checkpoint_path(cell_id),
+                     self.failure_path(cell_id)):
             path.unlink(missing_ok=True)
 
     # -- failures ---------------------------------------------------------------------------
@@ -302,6 +334,43 @@ class Store:
             if isinstance(data, dict) and isinstance(data.get("cells"), list) and data.get("job_name"):
                 out.append(dict(data, token=path.stem))  # the file name is what end_submission removes
         return out
+
+    # -- one launcher at a time -------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".launcher.lock"
+
+    @contextlib.contextmanager
+    def launcher_lock(self, *, wait_s: float = 0.0) -> Iterator[bool]:
+        """Hold the store's launcher lock (``flock`` on ``.launcher.lock``, released when the
+        process dies, even by SIGKILL) for the block. When another process holds it for longer
+        than ``wait_s`` seconds, a :class:`benchmarks.UserError` names the holder. Yields True.
+        A store folder that cannot be created raises the ``OSError``."""
+        from benchmarks import UserError
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    raise UserError(f"another launcher ({holder}) is working on {self.root}; wait for it "
+                                    f"to finish or stop it (`python -m benchmarks status {self.root}` "
+                                    "shows its progress)")
+                time.sleep(0.2)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} since {utc_now()}".encode(), 0)
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
 
     def update_job_state(self, cell_id: str, state: str) -> None:
         info = self.read_job(cell_id)

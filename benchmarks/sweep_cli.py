@@ -112,6 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(f"summary: {len(sweep.cells)} cells; {summary.skipped} already finished, {summary.submitted} submitted, "
           f"{summary.reattached} re-attached; this run: {summary.done} done, {summary.failed} failed"
+          + (f", {summary.cancelled} cancelled" if summary.cancelled else "")
+          + (f", {summary.held} held back (SLURM did not answer; re-run)" if summary.held else "")
           + (f", {summary.still_running} still queued/running" if summary.still_running else ""))
     print_status_table(summary.statuses)
     print(f"results: {sweep.output}   (status: python -m benchmarks status {sweep.output})")
@@ -122,21 +124,25 @@ def print_status_table(statuses: Sequence, file=None) -> None:
     out = file or sys.stdout
     if not statuses:
         return
-    print(f"{'cell_id':12}  {'status':8} {'job':>12}  {'dataset':10} {'ipc':>5}  {'label':28} {'seed':>4}  detail",
+    width = max(9, *(len(st.status) for st in statuses))
+    print(f"{'cell_id':12}  {'status':{width}} {'job':>12}  {'dataset':10} {'ipc':>5}  {'label':28} {'seed':>4}  detail",
           file=out)
     for st in statuses:
         c = st.cell
         detail = ""
-        if st.status == "failed":
-            detail = f"{(st.error or '')[:80]}  log: {st.log_path}"
+        if st.status in ("failed", "corrupt") or (st.status == "cancelled" and st.error):
+            cause = " | ".join(ln.strip() for ln in (st.error or "").splitlines() if ln.strip())
+            detail = cause + (f"  log: {st.log_path}" if st.log_path else "")
         elif st.status in ("running", "pending"):
             detail = f"{st.job_state}  log: {st.log_path}"
+        elif st.status == "unknown":
+            detail = "SLURM did not answer about this job; ask again later"
         elif st.status == "partial":
             detail = f"missing archs: {', '.join(st.missing_archs)}"
-        print(f"{c.cell_id:12}  {st.status:8} {str(st.job_id or '-'):>12}  {c.dataset[:10]:10} "
+        print(f"{c.cell_id:12}  {st.status:{width}} {str(st.job_id or '-'):>12}  {c.dataset[:10]:10} "
               f"{str(c.ipc or '-'):>5}  {c.label[:28]:28} {c.seed:>4}  {detail}", file=out)
     counts = Counter(st.status for st in statuses)
-    order = ("done", "running", "pending", "failed", "cancelled", "partial", "missing")
+    order = ("done", "running", "pending", "unknown", "failed", "cancelled", "partial", "corrupt", "missing")
     print("total: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in order) + f" (of {len(statuses)})", file=out)
 
 

@@ -110,7 +110,10 @@ def test_launcher_killed_between_sbatch_and_tracking_does_not_submit_twice(tmp_p
     assert intent["job_name"].startswith(f"cb-{sw.name}-")
     assert store.pending_submissions() and not any(store.read_job(c.cell_id) for c in sw.cells)
 
-    # The next launcher finds the array by its name and tracks its tasks instead of resubmitting.
+    # The next launcher finds the array by its name and tracks its tasks instead of resubmitting
+    # (sbatch had returned: submitit named each task's pickle).
+    for task in ("700_0", "700_1"):
+        (store.logs_dir / f"{task}_submitted.pkl").write_bytes(b"job")
     asked = []
     monkeypatch.setattr(slurm_client, "jobs_named", lambda name: asked.append(name) or {0: "700_0", 1: "700_1"})
     monkeypatch.setattr(slurm_client, "slurm_states", lambda ids: {j: "RUNNING" for j in ids})
@@ -128,20 +131,57 @@ def test_clean_submission_leaves_no_intent_and_tracks_every_task(tmp_path, monke
     assert store.pending_submissions() == [] and store.read_job(sw.cells[1].cell_id)["job_id"] == "700_1"
 
 
-@pytest.mark.parametrize("answer, tracked", [({}, False), (None, False), ({1: "42_1"}, True)])
+@pytest.mark.parametrize("answer, tracked", [({}, False), ({1: "42_1"}, True)])
 def test_interrupted_submission_slurm_never_saw_is_dropped(tmp_path, answer, tracked):
     store = Store(tmp_path / "s")
     store.write_job("a", job_id="42_0", executor="slurm", archs=["ConvNet"])  # written before the kill
     store.begin_submission("tok", "cb-x-tok", [("a", ["ConvNet"]), ("b", ["ConvNet", "MLP"])])
+    store.logs_dir.mkdir(parents=True)
+    (store.logs_dir / "42_1_submitted.pkl").write_bytes(b"job")
     logs = []
-    n = executors.recover_submissions(store, logs.append, find=lambda name: answer)
+    rec = executors.recover_submissions(store, logs.append, find=lambda name: answer, settle_s=0)
     assert store.pending_submissions() == []
-    assert n == int(tracked) and (store.read_job("b") is not None) == tracked
+    assert rec.recovered == int(tracked) and (store.read_job("b") is not None) == tracked
+    assert not rec.held and not rec.resubmit
     if tracked:
         assert store.read_job("b")["archs"] == ["ConvNet", "MLP"]
         assert store.read_job("a")["history"] == []  # the task already tracked is left alone
-    if answer is None:
-        assert "could not ask SLURM" in logs[0]
+
+
+def test_interrupted_submission_keeps_its_note_and_holds_its_cells_while_slurm_cannot_be_asked(tmp_path):
+    store = Store(tmp_path / "s")
+    store.begin_submission("tok", "cb-x-tok", [("a", ["ConvNet"]), ("b", ["ConvNet"])])
+    logs = []
+    rec = executors.recover_submissions(store, logs.append, find=lambda name: None)
+    assert rec.held == {"a", "b"} and rec.recovered == 0
+    assert [n["token"] for n in store.pending_submissions()] == ["tok"]  # the note survives
+    assert logs == ["SLURM did not answer about the interrupted submission 'cb-x-tok': its 2 cell(s) are not "
+                    "submitted again until it does (re-run once the controller is back)"]
+    # once SLURM answers (the array exists) the note is resolved
+    for task in ("43_0", "43_1"):
+        (store.logs_dir / f"{task}_submitted.pkl").parent.mkdir(parents=True, exist_ok=True)
+        (store.logs_dir / f"{task}_submitted.pkl").write_bytes(b"job")
+    rec = executors.recover_submissions(store, logs.append, find=lambda name: {0: "43_0", 1: "43_1"})
+    assert rec.recovered == 2 and not rec.held and store.pending_submissions() == []
+
+
+def test_tasks_of_a_launcher_killed_during_sbatch_are_cancelled_and_their_cells_resubmitted(tmp_path, monkeypatch):
+    # sbatch queued the array but submitit never renamed <uuid>.pkl to <job>_submitted.pkl:
+    # those tasks would wait for their pickle and fail. Task 1's pickle exists (it is tracked).
+    sw, store = _fake_slurm_store(tmp_path, monkeypatch)
+    ids = [c.cell_id for c in sw.cells]
+    store.begin_submission("tok", "cb-x-tok", [(cid, ["ConvNet"]) for cid in ids])
+    (store.logs_dir / f"{'ab' * 16}.pkl").write_bytes(b"orphan")
+    (store.logs_dir / "800_1_submitted.pkl").write_bytes(b"job")
+    cancelled = []
+    rec = executors.recover_submissions(store, lambda m: None, find=lambda name: {0: "800_0", 1: "800_1"},
+                                        cancel=lambda job_id: cancelled.append(job_id) or True)
+    assert cancelled == ["800_0"] and rec.resubmit == [ids[0]] and rec.recovered == 1
+    assert store.read_job(ids[0]) is None and store.read_job(ids[1])["job_id"] == "800_1"
+    assert store.pending_submissions() == [] and not (store.logs_dir / f"{'ab' * 16}.pkl").exists()
+    monkeypatch.setattr(slurm_client, "slurm_states", lambda ids: {j: "RUNNING" for j in ids})
+    _, active, todo = launcher.plan(store, sw, recovery=rec)
+    assert [c.cell_id for c, _ in todo] == [ids[0]] and [c.cell_id for c, _ in active] == [ids[1]]
 
 
 def test_jobs_named_parses_squeue_and_sacct(monkeypatch):
@@ -342,7 +382,7 @@ def test_a_job_slurm_does_not_know_yet_counts_as_active_only_for_the_grace_perio
 
     store = Store(tmp_path / "s")
     slurm = executors.executor_for("slurm", store)
-    monkeypatch.setattr(slurm_client, "slurm_states", lambda ids: {})  # neither squeue nor sacct knows it
+    monkeypatch.setattr(slurm_client, "slurm_states", lambda ids: {j: "UNKNOWN" for j in ids})  # nobody knows it
     now = dt.datetime.now(dt.timezone.utc)
     fresh = {"executor": "slurm", "job_id": "9_0", "submitted": now.isoformat()}
     old = {**fresh, "submitted": (now - dt.timedelta(seconds=executors.UNKNOWN_GRACE_S + 5)).isoformat()}
