@@ -35,7 +35,7 @@ from analysis.tables import (  # noqa: E402
     select_main_runs,
 )
 
-FIGURES = ("accuracy-vs-ipc", "cross-heatmap", "image-grid", "ablation", "cost-scatter")
+FIGURES = ("accuracy-vs-ipc", "cross-heatmap", "image-grid", "ablation", "cost-scatter", "gain-over-random")
 
 COLUMN_WIDTH_IN = 3.3
 
@@ -352,6 +352,57 @@ def cost_scatter(results: Results) -> Figure:
     return fig
 
 
+def gain_over_random(results: Results, dataset: Optional[str] = None, eval_arch: Optional[str] = None) -> Figure:
+    """Gain over same-protocol random selection (IOR, :mod:`analysis.scores`) against IPC, one
+    panel per dataset, one line per set configuration (solid: hard labels, dashed: teacher or
+    soft labels), error bars = std over seeds; zero (random) as a grey line."""
+    from analysis.scores import LABEL_ORDER, score_frame
+
+    df = score_frame(results, eval_arch)
+    df = df[df["IOR_n"] > 0]
+    if dataset is not None:
+        df = df[df["dataset"] == dataset.lower()]
+    if df.empty:
+        raise AnalysisError("no gain over random to draw: no set has a random baseline under its plan "
+                            "(the scores table names the cells to run)")
+    datasets = sorted(set(df["dataset"]), key=results.dataset_key)
+    lm = LabelInfo(results.runs)
+    labels = [lab for lab in lm.ordered() if lab in set(df["method"])]
+    others = [lab for lab in labels if lab not in lm.plain]
+    colours = method_colours(results)
+    styles = {"hard": "-", "soft": ":", "teacher": "--"}
+    with paper_style():
+        fig, axes = _panel_grid(len(datasets))
+        for ax, d in zip(axes, datasets):
+            g = df[df["dataset"] == d]
+            ipcs = sorted(int(i) for i in g["ipc"].unique())
+            ax.axhline(0.0, color="#888888", lw=0.8, zorder=1)
+            for i, lab in enumerate(labels):
+                for kind in sorted(set(g.loc[g["method"] == lab, "labels"]), key=lambda k: LABEL_ORDER.get(k, 9)):
+                    gl = g[(g["method"] == lab) & (g["labels"] == kind)].sort_values("ipc")
+                    colour = colour_for(lab, lm[lab], lab in lm.plain, colours, others)
+                    name = lm.display[lab] + ("" if kind == "hard" else f" ({kind} labels)")
+                    ax.errorbar(gl["ipc"].astype(float), gl["IOR_mean"], yerr=gl["IOR_std"], color=colour,
+                                ls=styles.get(kind, "-"), marker=MARKERS[i % len(MARKERS)], capsize=1.5,
+                                elinewidth=0.6, label=name, zorder=3)
+            if ipcs and ipcs[-1] / max(ipcs[0], 1) >= 10:
+                ax.set_xscale("log")
+            ax.set_xticks(ipcs)
+            ax.set_xticklabels([str(i) for i in ipcs])
+            ax.minorticks_off()
+            ax.set_title(results.dataset_display(d))
+            ax.set_xlabel("Images per class")
+            ax.set_ylabel("Gain over random (pp)")
+        seen: dict[str, Any] = {}
+        for ax in axes:
+            for h, n in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(n, h)
+        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 3),
+                   bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout()
+    return fig
+
+
 def build_figure(kind: str, results: Results, **kw: Any) -> Figure:
     if kind == "accuracy-vs-ipc":
         return accuracy_vs_ipc(results, dataset=kw.get("dataset"), eval_arch=kw.get("eval_arch"))
@@ -365,4 +416,6 @@ def build_figure(kind: str, results: Results, **kw: Any) -> Figure:
         return ablation_bars(results)
     if kind == "cost-scatter":
         return cost_scatter(results)
+    if kind == "gain-over-random":
+        return gain_over_random(results, dataset=kw.get("dataset"), eval_arch=kw.get("eval_arch"))
     raise AnalysisError(f"unknown figure {kind!r}; choose one of {', '.join(FIGURES)}")

@@ -5,8 +5,10 @@ Layout of ``--out DIR``::
     DIR/report.md                     header (sweep, records, missing/failed cells, hardware),
                                       the tables inline and the figures as relative links
     DIR/tables/<name>.{md,tex,csv}    main, main_published (when published numbers match),
-                                      cross, ablation, cost
-    DIR/figures/<name>.{png,pdf}      accuracy_vs_ipc, cross_heatmap, ablation, cost_scatter,
+                                      scores (gain over same-protocol random, DD-Ranking's
+                                      LRS/ARS), cross, ablation, cost
+    DIR/figures/<name>.{png,pdf}      accuracy_vs_ipc, gain_over_random, cross_heatmap, ablation,
+                                      cost_scatter,
                                       image_grid_<dataset>_ipc<k>
 
 A table or figure the data cannot support (no cross-architecture evaluations, no variants of a
@@ -25,6 +27,7 @@ import pandas as pd
 from analysis.ablation import ablation_table, has_ablation
 from analysis.load import AnalysisError, Results, load_results
 from analysis.render import Table, md_escape
+from analysis.scores import has_scores, scores_table
 from analysis.tables import cost_table, cross_table, has_cross, main_table
 
 
@@ -106,6 +109,17 @@ def write_report(paths: Iterable[str | Path], out: str | Path, *, results: Optio
     figs: list = []
     _figure(summary, "accuracy_vs_ipc", "Accuracy vs images per class", lambda: F.accuracy_vs_ipc(results), fdir, figs)
     sections.append(_figs_md(figs))
+
+    if has_scores(results):
+        scores = emit(scores_table(results))
+        figs = []
+        _figure(summary, "gain_over_random", "Gain over same-protocol random selection",
+                lambda: F.gain_over_random(results), fdir, figs)
+        sections.append("## Scores: gain over random under the same protocol\n\n" + scores.to_markdown()
+                        + _figs_md(figs))
+    else:
+        summary.skipped.append("scores table/figure: no random-selection records beside another set "
+                               "(run the sweep with random_baseline: true, the default)")
 
     if has_cross(results):
         cross = emit(cross_table(results, published=True))

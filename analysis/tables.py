@@ -8,6 +8,10 @@ grouped by family (LaTeX rules between families). Columns are datasets in the re
 order. Bold marks the best mean of a column, compared on the printed (one-decimal) value so
 that equal printed numbers are all bold; the whole-dataset row never competes.
 
+Every table built from runs under more than one evaluation plan says so in a note naming the
+differing fields (:func:`analysis.plans.audit_note`); the ``scores`` table
+(:mod:`analysis.scores`) compares each set with random selection under its own plan.
+
 The main table only pools evaluations on the training architecture (``eval_arch ==
 train_arch``, the papers' Table 1 protocol) unless ``eval_arch`` is given; the
 cross-architecture table shows the rest. Statistics and rendering: :mod:`analysis.render`.
@@ -21,10 +25,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import WHOLE, AnalysisError, Results, arch_key, main_arch
+from analysis.plans import audit_note
 from analysis.published import Published, published_lookup
 from analysis.render import EMPTY, STD_NOTE, Cell, Stat, Table, fmt_mem, fmt_time, summarise
 
-TABLES = ("main", "cross", "ablation", "cost")
+TABLES = ("main", "cross", "ablation", "cost", "scores")
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,6 +206,9 @@ def main_table(results: Results, *, published: bool = False, eval_arch: Optional
         f"(seeds × networks); {STD_NOTE}. Bold: best per column (whole-dataset row excluded; "
         f"ties on the printed value all bold). {EMPTY}: not run."
     ]
+    audit = audit_note(runs)
+    if audit:
+        notes.append(audit)
     if published:
         notes.append(
             "With published numbers: ours · published ± std [C confirmed in a cited source, "
@@ -314,6 +322,9 @@ def cross_table(results: Results, *, published: bool = False) -> Table:
         f"column's network: mean ± std (n runs); {STD_NOTE}. Bold: best per column within a "
         f"dataset/IPC block. {EMPTY}: not evaluated."
     ]
+    audit = audit_note(runs)
+    if audit:
+        notes.append(audit)
     return Table(
         name="cross",
         caption="Cross-architecture generalisation: test accuracy (%)",
@@ -432,4 +443,8 @@ def build_table(kind: str, results: Results, *, published: bool = False, eval_ar
         return ablation_table(results)
     if kind == "cost":
         return cost_table(results)
+    if kind == "scores":
+        from analysis.scores import scores_table
+
+        return scores_table(results, eval_arch=eval_arch)
     raise AnalysisError(f"unknown table {kind!r}; choose one of {', '.join(TABLES)}")

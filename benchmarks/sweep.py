@@ -14,8 +14,24 @@ entry; an entry's keys win over the sweep's. They are checked with
 and handed to the evaluator by the worker. ``eval: {epochs: N}`` and ``budgets.eval_epochs``
 set the same thing; a spec may use one of them per method.
 
-The expansion is a list of :class:`benchmarks.cells.Cell` with stable ids (see there: what a
-cell is and what its id is computed from).
+Teacher labels (``eval: {labels: teacher, temperature: 4, teacher_epochs: 20}``,
+:mod:`benchmarks.teacher`) are checked the same way (:func:`benchmarks.teacher.overrides_problems`).
+
+**Same-protocol random baseline** (``random_baseline: true``, the default; DD-Ranking's
+"improvement over random", Li et al., arXiv 2505.13300): for every cell of a method other than
+``random`` and ``whole``, the expansion also plans a ``random`` cell with the same dataset, IPC,
+seed, evaluation architectures, number of networks, evaluation epochs and evaluation plan --
+the method's own plan for that dataset (:meth:`methods.base.Method.eval_plan`) with the
+entry's ``eval:`` overrides -- written as the overrides in which that plan differs from
+random's own (so a method evaluated like random shares the plain ``random`` cell). Identical
+baselines are planned once. Two fields cannot carry over and are translated: a learned
+learning rate (``lr_source: learned``) becomes the plan's fixed ``lr`` (a random set has no
+learned lr; the cell records the lr it used), and the set's own soft labels (``labels: soft``)
+become teacher labels with the same loss and temperature (a random set has no learned labels).
+A baseline is labelled ``random (plan of <methods>)``. Plans that a method switches only when
+it condenses (soft labels, ZCA, a learned lr stored with the set, :meth:`Method._synset`) are
+not known here; ``analysis.scores`` pairs each record with the random record of the same
+effective plan and names the cell to run where none matches.
 
 The validator (one pass collecting every problem of a spec, so each check sees the state the
 earlier ones built) is most of this file and stays in one piece, hence its length.
@@ -55,6 +71,7 @@ TOP_KEYS = {
     "num_eval": "number of evaluation networks per (cell, architecture)",
     "budgets": "{iterations: int|null, eval_epochs: int|null}",
     "eval": "evaluation-plan overrides {field: value} for every method (methods.protocol.EvalPlan)",
+    "random_baseline": "true (default): plan a random-selection cell under each method's evaluation plan",
     "output": "results folder",
     "profile": "cluster profile: name of slurm/<name>.yaml or a path",
     "data_root": "folder with the datasets",
@@ -216,6 +233,8 @@ class _MethodEntry:
     eval_epochs: Optional[int]
     train_arch: Optional[str]
     eval: dict[str, Any]
+    method_obj: Any = None
+    """The configured method (None for ``whole``): its evaluation plan is the baseline's."""
 
 
 class _Validator:
@@ -257,6 +276,8 @@ class _Validator:
             self.add("name", f"use letters, digits, '_', '-', '.' only, got {s['name']!r}")
 
         # scalars
+        if "random_baseline" in s and not isinstance(s["random_baseline"], bool):
+            self.add("random_baseline", f"must be true or false, got {s['random_baseline']!r}")
         if "download" in s and not isinstance(s["download"], bool):
             self.add("download", f"must be true or false, got {s['download']!r}")
         device = s.get("device", "auto")
@@ -472,14 +493,14 @@ class _Validator:
             label = name if not canonical else name + "(" + ", ".join(
                 f"{k}={v}" for k, v in sorted(canonical.items()) if k not in base) + ")"
             label += _eval_suffix(own_eval, plan)
-        return _MethodEntry(where, name, label, canonical, it, ep, arch, plan)
+        return _MethodEntry(where, name, label, canonical, it, ep, arch, plan, method)
 
     def _eval_overrides(self, raw: Any, where: str, inherited: Mapping[str, Any],
                         eval_epochs: Optional[int]) -> Optional[dict[str, Any]]:
         """``inherited`` updated with the overrides ``raw`` (``eval:`` of the spec or of a method
         entry: the entry's keys win), checked by ``methods.protocol.plan_problems`` and with
         canonical values; None (problems added) when they are invalid."""
-        from methods.protocol import EvalPlan, apply_overrides, plan_problems
+        from benchmarks.teacher import canonical_overrides, overrides_problems
 
         if raw is None:
             raw = {}
@@ -489,7 +510,7 @@ class _Validator:
         merged = {**inherited, **{str(k): v for k, v in raw.items()}}
         if not merged:
             return {}
-        problems = plan_problems(merged)
+        problems = overrides_problems(merged)
         for problem in problems:
             key = re.search(r"key '([^']+)'", problem) or re.match(r"(\w+)[: ]", problem)
             name = key.group(1) if key else None
@@ -500,7 +521,7 @@ class _Validator:
             return None
         if problems:
             return None
-        full = apply_overrides(EvalPlan(), merged).to_dict()
+        full = canonical_overrides(merged)
         return {k: full[k] for k in sorted(merged)}
 
     def _expand(self, datasets, ipcs, entries, seeds, eval_archs, num_eval) -> list[Cell]:
@@ -528,7 +549,96 @@ class _Validator:
                         seen[cid] = e.where
                         cells.append(Cell(cell_id=cid, label=e.label, eval_archs=tuple(eval_archs),
                                           **fields))
+        if self.spec.get("random_baseline", True) is True and not self.problems:
+            cells.extend(self._baselines(datasets, ipcs, entries, seeds, eval_archs, num_eval, seen))
         return [] if self.problems else cells
+
+    def _baselines(self, datasets, ipcs, entries, seeds, eval_archs, num_eval, seen) -> list[Cell]:
+        """The same-protocol random cells of every non-random entry (module doc), each once."""
+        from methods import get_method
+
+        random_method = get_method(RANDOM, {})
+        planned: dict[str, dict[str, Any]] = {}  # cell id -> fields and the methods it serves
+        for _, dataset, _info in datasets:
+            stub = _stub_data(dataset)
+            own = random_method.eval_plan(stub)
+            for e in entries:
+                if e.method in (WHOLE, RANDOM) or e.method_obj is None:
+                    continue
+                overrides = baseline_overrides(e.method_obj.eval_plan(stub), e.eval, own, self.eval, e.eval_epochs)
+                for ipc in ipcs:
+                    for seed in seeds:
+                        fields = dict(dataset=dataset, ipc=ipc, method=RANDOM, overrides={}, seed=seed,
+                                      iterations=None, num_eval=num_eval, eval_epochs=e.eval_epochs,
+                                      train_arch=None, eval=overrides)
+                        cid = cell_id(**fields)
+                        if cid in seen and seen[cid] != "baseline":
+                            continue  # the sweep runs this random cell already
+                        seen[cid] = "baseline"
+                        entry = planned.setdefault(cid, {"fields": fields, "for": []})
+                        if e.method not in entry["for"]:
+                            entry["for"].append(e.method)
+        out = []
+        for cid, entry in planned.items():
+            label = RANDOM if not entry["fields"]["eval"] else f"{RANDOM} (plan of {', '.join(entry['for'])})"
+            out.append(Cell(cell_id=cid, label=label, eval_archs=tuple(eval_archs), **entry["fields"]))
+        return out
+
+
+RANDOM = "random"
+"""The registered random-selection method: the baseline every method is compared with."""
+
+
+def baseline_overrides(method_plan: Any, entry_eval: Mapping[str, Any], random_plan: Any,
+                       sweep_eval: Mapping[str, Any], eval_epochs: Optional[int] = None) -> dict[str, Any]:
+    """The ``eval:`` overrides of the random cell evaluated like a method's cells: the method's
+    plan (``method_plan``, an :class:`~methods.protocol.EvalPlan`) with the entry's overrides,
+    as the fields that differ from ``random_plan`` plus every key the sweep sets for all
+    methods (so the plain ``random`` cell of the sweep is the same cell when nothing else
+    differs). ``lr_source: learned`` becomes the plan's fixed ``lr``; ``labels: soft``
+    (the set's own) becomes ``labels: teacher`` with the same loss and temperature; the
+    ``teacher_*`` keys carry over. Fields that cannot change the evaluation are left out: the
+    epoch rule's ``epochs_no_aug`` / ``epochs_with_aug`` once the epochs are fixed (by the plan
+    or ``eval_epochs``), ``dsa`` / ``dsa_strategy`` under an explicit augmentation, and
+    ``dsa_strategy`` without DSA, ``epochs_no_aug`` under DSA and ``epochs_with_aug`` without
+    augmentation."""
+    from benchmarks.teacher import TEACHER_KEYS, TEACHER_LABELS, split_overrides
+    from methods.protocol import apply_overrides
+
+    plan_part, spec, _problems = split_overrides(entry_eval)
+    plan = apply_overrides(method_plan, plan_part)
+    teacher = spec is not None
+    if plan.labels == "soft" and not teacher:
+        teacher = True  # the set's own soft labels -> the teacher's for the random images
+    if plan.lr_source == "learned":
+        plan = dataclasses.replace(plan, lr_source="fixed")
+    mine, theirs = plan.to_dict(), random_plan.to_dict()
+    if plan.epochs is not None or eval_epochs is not None:
+        mine.update(epochs_no_aug=theirs["epochs_no_aug"], epochs_with_aug=theirs["epochs_with_aug"])
+    if str(plan.augmentation).strip().lower() != "auto":
+        mine.update(dsa=theirs["dsa"], dsa_strategy=theirs["dsa_strategy"])
+    elif not plan.dsa:
+        mine["dsa_strategy"] = theirs["dsa_strategy"]
+    else:  # 'auto' with DSA: DSA applies everywhere, so the epochs without augmentation never do
+        mine["epochs_no_aug"] = theirs["epochs_no_aug"]
+    if str(plan.augmentation).strip().lower() == "none":
+        mine["epochs_with_aug"] = theirs["epochs_with_aug"]
+    keys = {k for k in mine if mine[k] != theirs[k]} | {k for k in sweep_eval if k in mine}
+    out = {k: mine[k] for k in sorted(keys)}
+    if teacher:
+        out["labels"] = TEACHER_LABELS
+        out.update({k: entry_eval[k] for k in TEACHER_KEYS if k in entry_eval})
+    return {k: out[k] for k in sorted(out)}
+
+
+def _stub_data(dataset: str) -> Any:
+    """A one-image :class:`methods.realdata.ClassData` named ``dataset``: what a method's
+    :meth:`eval_plan` reads (the dataset's name) without loading the data."""
+    import torch
+
+    from methods.realdata import ClassData
+
+    return ClassData(torch.zeros(1, 1, 1, 1), torch.zeros(1, dtype=torch.long), 1, (0.0,), (1.0,), name=dataset)
 
 
 def _eval_suffix(own: Any, plan: Mapping[str, Any]) -> str:
