@@ -7,8 +7,9 @@ adding an architecture later evaluates only the missing ones, reusing the stored
 
 Cell ids (:func:`cell_id`): the first 12 hex digits of the SHA-1 of the canonical JSON of every
 field that affects results -- dataset, ipc, method, canonicalised overrides (values normalised
-through the method's typed config, so ``0`` and ``0.0`` for a float field are the same cell),
-seed, iterations, num_eval, eval_epochs, the condensation architecture and, only when there are
+through the method's typed config, so ``0`` and ``0.0`` for a float field are the same cell; an
+override equal to the method's registered default is dropped, so ``{lr_img: 1.0}`` where 1.0
+is the default is the same cell as no override: ids hash the effective config), seed, iterations, num_eval, eval_epochs, the condensation architecture and, only when there are
 any, the evaluation-plan overrides (so cells of a sweep without ``eval:`` keep their ids). The
 label, the output folder, the profile and the executor do not enter the id. The special method
 ``whole`` is the whole-dataset baseline (no condensation; ``ipc`` is null).
@@ -78,6 +79,25 @@ class Cell:
         return f"{self.dataset} {ipc} {self.label} seed={self.seed}"
 
 
+def effective_overrides(method: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` without the ones equal to the registered defaults of ``method``
+    (``methods.registry.method_info(method).defaults()``, compared as canonical JSON so
+    ``True`` and ``1`` stay different); unchanged for a method the registry does not know."""
+    if not overrides:
+        return {}
+    try:
+        from methods.registry import method_info
+
+        defaults = method_info(method).defaults()
+    except Exception:  # whole, or a name the registry does not know: nothing to compare with
+        return dict(overrides)
+
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    return {k: v for k, v in overrides.items() if not (k in defaults and same(v, defaults[k]))}
+
+
 def id_fields(
     *, dataset: str, ipc: Optional[int], method: str, overrides: Mapping[str, Any], seed: int,
     iterations: Optional[int], num_eval: int, eval_epochs: Optional[int], train_arch: Optional[str],
@@ -86,10 +106,12 @@ def id_fields(
     """The fields a cell id is computed from (everything that affects the results).
 
     The evaluation-plan overrides enter only when there are any, so every cell of a sweep
-    without ``eval:`` keeps the id it had before the key existed."""
+    without ``eval:`` keeps the id it had before the key existed; method overrides enter as
+    :func:`effective_overrides` (cells without default-valued overrides keep their ids)."""
+    effective = effective_overrides(method, overrides)
     fields = {
         "v": ID_VERSION, "dataset": dataset, "ipc": ipc, "method": method,
-        "overrides": {k: overrides[k] for k in sorted(overrides)}, "seed": seed,
+        "overrides": {k: effective[k] for k in sorted(effective)}, "seed": seed,
         "iterations": iterations, "num_eval": num_eval, "eval_epochs": eval_epochs,
         "train_arch": train_arch,
     }

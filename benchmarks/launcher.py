@@ -176,14 +176,21 @@ def plan(store: Store, sweep: Sweep, *, force: bool = False, recovery: Optional[
                 todo.append((cell, list(cell.eval_archs)))
             continue
         missing = store.missing_archs(cell.cell_id, list(cell.eval_archs))
-        if not missing:
+        problem = None if cell.is_whole else store.synset_problem(
+            cell.cell_id, needed=len(missing) < len(cell.eval_archs))
+        if not missing and problem is None:
             finished.append(cell)
             continue
         running, _ = is_active(store, info, states)
         if running:
             active.append((cell, info))
-        else:
-            todo.append((cell, missing))
+            continue
+        if problem is not None:
+            log(f"cell {cell.cell_id} ({cell.describe()}): its stored synthetic set is corrupt ({problem}); "
+                "recomputing the cell")
+            store.delete_cell_results(cell.cell_id)
+            missing = list(cell.eval_archs)
+        todo.append((cell, missing))
     return finished, active, todo
 
 
@@ -296,6 +303,40 @@ def one_line(text: Any) -> str:
     """The last non-empty line of an error text (its cause), whole."""
     lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
     return lines[-1] if lines else ""
+
+
+def verify_store(store: Store) -> tuple[list[str], list[str]]:
+    """(problems, notes) of a consistency check of a results store: every record file parses,
+    every stored synthetic set matches the size and checksum written with it and loads, every
+    done cell has both its records and (unless it is ``whole``) its set. Notes: leftover temp
+    files of killed writers (harmless; safe to delete) and interrupted submissions."""
+    from methods.errors import SyntheticSetFormatError
+    from methods.synset import SyntheticSet
+
+    problems: list[str] = [f"unreadable record {p}" for p in store.corrupt_records()]
+    notes: list[str] = []
+    _, raw = store.read_cells()
+    cells = [Cell.from_json(c) for c in raw]
+    synsets = store.root / "synsets"
+    for path in sorted(synsets.glob("*.pt")) if synsets.is_dir() else []:
+        problem = store.synset_problem(path.stem)
+        if problem is None:
+            try:
+                SyntheticSet.load(path)
+            except SyntheticSetFormatError as exc:
+                problem = str(exc)
+        if problem is not None:
+            problems.append(f"corrupt synthetic set: {problem}")
+    for cell in cells:
+        done = not store.missing_archs(cell.cell_id, list(cell.eval_archs))
+        if done and not cell.is_whole and not store.synset_path(cell.cell_id).is_file():
+            problems.append(f"cell {cell.cell_id} ({cell.describe()}) has its records but no synthetic set "
+                            f"{store.synset_path(cell.cell_id)}")
+    leftovers = sorted(p for p in store.root.rglob(".*.tmp") if "logs" not in p.relative_to(store.root).parts)
+    notes += [f"leftover temp file of a killed writer (safe to delete): {p}" for p in leftovers]
+    notes += [f"interrupted submission '{n['job_name']}' not resolved yet (the next run or status resolves it)"
+              for n in store.pending_submissions()]
+    return problems, notes
 
 
 def cancel_store(store: Store, log: Callable[[str], None] = log_line) -> list[str]:

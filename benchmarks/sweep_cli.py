@@ -54,6 +54,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     s = subparsers.add_parser("status", help="state of every cell of a results store")
     s.add_argument("results", help="results folder of a sweep")
     s.add_argument("--no-query", action="store_true", help="do not ask SLURM about tracked jobs")
+    s.add_argument("--verify", action="store_true",
+                   help="also check the store: every record parses, every synthetic set loads and matches "
+                   "its checksum, every done cell has both (exit 1 when a problem is found)")
     s.set_defaults(func=cmd_status)
 
     c = subparsers.add_parser("cancel", help="cancel the queued/running jobs of a results store")
@@ -155,7 +158,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     statuses = store_status(store, query=not args.no_query)
     print(f"sweep '{name}' in {store.root}")
     print_status_table(statuses)
-    return 0
+    if not args.verify:
+        return 0
+    from benchmarks.launcher import verify_store
+
+    problems, notes = verify_store(store)
+    for line in notes:
+        print(f"note: {line}")
+    for line in problems:
+        print(f"problem: {line}")
+    print("verify: OK" if not problems else
+          f"verify: {len(problems)} problem(s); run the sweep again to recompute the cells concerned")
+    return 1 if problems else 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -11,7 +11,13 @@ copy of the job to requeue. The requeued job loads the checkpoint and continues 
 iteration; because every random draw comes from generators whose state is in the checkpoint,
 its final synthetic set equals an uninterrupted run's (on CPU; GPU kernels may differ in the
 last bits). A cell that raises writes ``failures/<cell_id>.json`` (error, traceback, log path,
-job id) and re-raises, so SLURM marks the job failed; the other cells are unaffected.
+job id) and re-raises, so SLURM marks the job failed; the other cells are unaffected. When the
+store cannot take even that file (read-only, full), the job prints the failure as one line to
+its log (stderr) and SLURM's state shows it (``benchmarks status``).
+
+The synthetic set is written with its size and SHA-256 (``synsets/<cell_id>.json``); a stored
+set that does not match them, or does not load, is recomputed (with a log line) and the cell
+re-evaluated on every architecture.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+import sys
 import time
 import traceback as _traceback
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -79,8 +86,15 @@ class CellJob(Checkpointable):
                             on_context=self._set_context)
         except Exception as exc:
             log_path, job_id = _job_log_and_id()
-            store.write_failure(cell.cell_id, f"{type(exc).__name__}: {exc}", _traceback.format_exc(),
-                                log_path, job_id)
+            error = f"{type(exc).__name__}: {exc}"
+            try:
+                store.write_failure(cell.cell_id, error, _traceback.format_exc(), log_path, job_id)
+            except OSError as write_exc:
+                from benchmarks.storage import write_problem
+
+                print(f"cell {cell.cell_id} failed ({error.splitlines()[0] if error else ''}) and its failure "
+                      f"could not be recorded: {write_problem(write_exc, store.root, '--output')}",
+                      file=sys.stderr, flush=True)
             raise
         finally:
             self._context = None
@@ -134,11 +148,24 @@ def run_cell(
     condense_cost: dict[str, Any] = {}
     method_config: dict[str, Any] = {}
     if cell.method != WHOLE:
+        from benchmarks.storage import atomic_write_bytes
+        from methods.errors import SyntheticSetFormatError
+
         path = store.synset_path(cell.cell_id)
         if path.is_file():
-            synset = SyntheticSet.load(path)
-            _log(f"reusing stored synthetic set {path}")
-        else:
+            problem = store.synset_problem(cell.cell_id)
+            if problem is None:
+                try:
+                    synset = SyntheticSet.load(path)
+                    _log(f"reusing stored synthetic set {path}")
+                except SyntheticSetFormatError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                _log(f"stored synthetic set of cell {cell.cell_id} is corrupt ({problem}); recomputing it "
+                     "and re-evaluating every architecture")
+                store.delete_cell_results(cell.cell_id)
+                archs = list(cell.eval_archs)
+        if synset is None:
             extra = {}
             if on_context is not None and "on_context" in inspect.signature(run_condense).parameters:
                 extra["on_context"] = on_context
@@ -148,7 +175,8 @@ def run_cell(
                 checkpoint_every=checkpoint_every, cache_dir=store.cache_dir, progress=progress,
                 log=_log, **extra,
             )
-            synset.save(path)
+            atomic_write_bytes(path, synset.to_bytes())
+            store.write_synset_digest(cell.cell_id)
             store.checkpoint_path(cell.cell_id).unlink(missing_ok=True)
         method_config = dict(synset.config)
         condense_cost = {

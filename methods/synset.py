@@ -14,6 +14,10 @@ optional per-image soft labels, a learned learning rate and ZCA whitening. Forma
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
@@ -158,13 +162,30 @@ class SyntheticSet:
         except (KeyError, TypeError, ValueError, MethodError) as exc:
             raise SyntheticSetFormatError(f"{source} is a corrupt synthetic set: {exc}") from exc
 
+    def to_bytes(self) -> bytes:
+        """The file :meth:`save` writes, in memory (the benchmarks layer writes it through its
+        one atomic writer, ``benchmarks.storage.atomic_write_bytes``)."""
+        buffer = io.BytesIO()
+        torch.save(self.to_dict(), buffer)
+        return buffer.getvalue()
+
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temp file + rename) so a crash never leaves half a file."""
+        """Write durably and atomically: serialised in memory, then a uniquely named temp file
+        in the target folder, fsync'ed and renamed, so a crash or a full disk never leaves half
+        a file nor a temp file (a failed write raises ``OSError``)."""
         path = Path(path)
+        data = self.to_bytes()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(self.to_dict(), tmp)
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
@@ -175,9 +196,13 @@ class SyntheticSet:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # corrupt zip, pickle with disallowed globals, truncated file
+            text = str(exc)
+            if "weights_only" in text:  # never repeat torch's advice to load an untrusted file unsafely
+                detail = "it holds Python objects besides tensors and plain values; refused, loading them could run code"
+            else:
+                detail = text.splitlines()[0] if text else "no detail"
             raise SyntheticSetFormatError(
-                f"{path} could not be read as a synthetic set ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+                f"{path} could not be read as a synthetic set ({type(exc).__name__}: {detail})"
             ) from exc
         return cls.from_dict(data, source=str(path))
 

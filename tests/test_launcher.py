@@ -239,12 +239,12 @@ def test_debug_run_records_a_failing_cell_and_finishes_the_others(tmp_path):
     sw = build_sweep(data)
     bad = sw.cells[0].cell_id
     store = Store(sw.output)
-    store.synset_path(bad).parent.mkdir(parents=True)
-    store.synset_path(bad).write_bytes(b"garbage")
+    store.synset_path(bad).mkdir(parents=True)  # its set cannot be written: that cell fails
     summary = launcher.run_sweep(sw, debug(sw), log=lambda m: None)
     assert summary.failed == 1 and summary.done == 1
     by_id = {s.cell.cell_id: s for s in launcher.store_status(store)}
-    assert by_id[bad].status == "failed" and "could not be read as a synthetic set" in by_id[bad].error
+    assert by_id[bad].status == "failed" and by_id[bad].error.startswith("IsADirectoryError")
+    assert not list(store.synset_path(bad).parent.glob(".*.tmp"))  # the temp file was removed
     assert by_id[sw.cells[1].cell_id].status == "done"
     failure = store.read_failure(bad)
     assert "Traceback" in failure["traceback"]
@@ -400,3 +400,136 @@ def test_local_executor_runs_at_most_parallel_cells_of_its_own(tmp_path):
     theirs = executors.Submitted(cell, "slurm", "2_0", ["ConvNet"], reattached=True)
     assert local.capacity([]) == 2 and local.capacity([mine]) == 1 and local.capacity([mine, mine]) == 0
     assert local.capacity([theirs, theirs, mine]) == 1  # re-attached jobs do not count
+
+
+# -- store consistency, corrupt sets, unwritable stores, cell ids ------------------------------
+
+
+def test_a_corrupt_stored_set_is_found_by_verify_and_recomputed_by_run_without_force(tmp_path, capsys):
+    data = spec(tmp_path, ipcs=[1], seeds=[0], methods=["random"], budgets={"eval_epochs": 1})
+    sw = build_sweep(data)
+    launcher.run_sweep(sw, debug(sw), log=lambda m: None)
+    store = Store(sw.output)
+    cid = sw.cells[0].cell_id
+    good = store.synset_path(cid).read_bytes()
+    from methods.synset import SyntheticSet
+
+    images = SyntheticSet.load(store.synset_path(cid)).images
+    assert json.loads(store.synset_digest_path(cid).read_text())["bytes"] == len(good)
+    assert launcher.verify_store(store) == ([], [])
+    store.synset_path(cid).write_bytes(good[: len(good) // 2])  # truncated, records intact
+    problems, _ = launcher.verify_store(store)
+    assert problems == [f"corrupt synthetic set: {store.synset_path(cid)} has {len(good) // 2} bytes, "
+                        f"{len(good)} were written"]
+    assert sweep_cli.main(["status", str(sw.output), "--verify", "--no-query"]) == 1
+    assert "verify: 1 problem(s)" in capsys.readouterr().out
+    logs = []
+    summary = launcher.run_sweep(build_sweep(data), debug(sw), log=logs.append)
+    assert summary.submitted == 1 and summary.done == 1 and summary.skipped == 0
+    assert any(f"cell {cid} (" in m and "its stored synthetic set is corrupt" in m and "recomputing the cell" in m
+               for m in logs)
+    assert SyntheticSet.load(store.synset_path(cid)).images.equal(images)  # the same computation again
+    assert launcher.verify_store(store)[0] == []
+    store.record_path(cid, "ConvNet").write_text("{not json")
+    assert launcher.verify_store(store)[0] == [f"unreadable record {store.record_path(cid, 'ConvNet')}"]
+    assert [s.status for s in launcher.store_status(store, query=False)] == ["corrupt"]
+
+
+def test_an_unwritable_store_is_one_line_naming_the_folder_the_error_and_what_to_do(tmp_path):
+    data = spec(tmp_path, ipcs=[1], seeds=[0], methods=["random"], budgets={"eval_epochs": 1})
+    sw = build_sweep({**data, "output": str(tmp_path / "gone" / "out")})
+    (tmp_path / "gone").write_text("became a file after the spec was checked")
+    with pytest.raises(UserError) as err:
+        launcher.run_sweep(sw, debug(sw), log=lambda m: None)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"cannot write {tmp_path / 'gone'}") and msg.endswith("--output")
+
+
+def test_write_problem_names_path_error_and_advice():
+    import errno
+
+    from benchmarks.storage import write_problem
+
+    exc = OSError(errno.ENOSPC, "No space left on device", "/r/records/x.json")
+    assert write_problem(exc, "/r", "--output") == (
+        "cannot write /r/records/x.json under /r (OSError: No space left on device); the filesystem is full: "
+        "free space there or choose another --output")
+
+
+def test_an_override_equal_to_the_default_is_the_same_cell():
+    from benchmarks.cells import cell_id
+    from methods.registry import method_info
+
+    base = dict(dataset="digits", ipc=1, method="dm", seed=0, iterations=None, num_eval=1, eval_epochs=None,
+                train_arch=None)
+    default = method_info("dm").defaults()["lr_img"]
+    assert cell_id(overrides={"lr_img": default}, **base) == cell_id(overrides={}, **base)
+    assert cell_id(overrides={"lr_img": default * 2}, **base) != cell_id(overrides={}, **base)
+    assert cell_id(overrides={}, **base) == "eb18dff446a8"  # ids of specs without such overrides are kept
+
+
+def test_two_entries_differing_only_by_a_default_valued_override_are_reported(tmp_path):
+    data = spec(tmp_path, ipcs=[1], seeds=[0], methods=["dm", {"method": "dm", "lr_img": 1.0, "label": "dm2"}])
+    with pytest.raises(SpecError) as err:
+        build_sweep(data)
+    assert "runs exactly the same cells as" in str(err.value)
+
+
+def test_slurm_states_parse_ranges_gone_tasks_and_no_answer(monkeypatch):
+    import subprocess
+
+    outputs = {"squeue": "33_0|PENDING\n33_1|PENDING\n33_3|PENDING\n",
+               "sacct": "33_[0-3]|PENDING\n34_[0-1]|CANCELLED by 0\n35_0|COMPLETED\n"}
+
+    def fake_run(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 0, outputs[cmd[0]], "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    states = slurm_client.slurm_states(["33_0", "33_2", "34_1", "35_0", "36_0"])
+    assert states == {"33_0": "PENDING", "33_2": slurm_client.GONE, "34_1": "CANCELLED", "35_0": "COMPLETED",
+                      "36_0": "UNKNOWN"}
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "down"))
+    assert slurm_client.slurm_states(["33_0"]) == {"33_0": slurm_client.UNREACHABLE}
+    assert executors.SlurmExecutor(Store("/nonexistent")).is_active(
+        {"job_id": "33_0", "submitted": "2000-01-01T00:00:00+00:00"}) == (True, slurm_client.UNREACHABLE)
+
+
+@pytest.mark.parametrize("stderr, field, definite", [
+    ("sbatch: error: Batch job submission failed: More processors requested than permitted", "cpus_per_task", True),
+    ("sbatch: error: Memory specification can not be satisfied", "mem_gb", True),
+    ("sbatch: error: Batch job submission failed: Invalid partition name specified", "partition", True),
+])
+def test_sbatch_refusals_name_the_profile_field(stderr, field, definite):
+    from submitit.core.utils import FailedJobError
+
+    msg, sure = executors.sbatch_problem(FailedJobError(stderr), ClusterProfile(name="cpu"))
+    assert f"change '{field}' in profile 'cpu'" in msg and "\n" not in msg and sure is definite
+    down, sure = executors.sbatch_problem(FailedJobError(
+        "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"),
+        ClusterProfile(name="cpu"))
+    assert down.startswith("sbatch could not reach the SLURM controller") and sure is False
+
+
+def test_a_refused_sbatch_leaves_no_pickles_and_no_note(tmp_path, monkeypatch):
+    from submitit.core.utils import FailedJobError
+
+    sw, store = _fake_slurm_store(tmp_path, monkeypatch)
+
+    class Refusing(_FakeSlurmExecutor):
+        def batch(self):
+            import contextlib
+
+            @contextlib.contextmanager
+            def ctx():
+                self._batch = []
+                yield
+                (Path(self.folder) / f"{'cd' * 16}.pkl").write_bytes(b"x")  # submitit pickled the jobs
+                raise FailedJobError("sbatch: error: Batch job submission failed: More processors requested "
+                                     "than permitted")
+            return ctx()
+
+    monkeypatch.setattr(executors.submitit, "SlurmExecutor", Refusing)
+    with pytest.raises(UserError) as err:
+        _slurm(store).submit(sw.name, [(c, ["ConvNet"]) for c in sw.cells])
+    assert "change 'cpus_per_task'" in str(err.value)
+    assert store.pending_submissions() == [] and not list(store.logs_dir.glob("*.pkl"))
