@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from benchmarks.dc_augment import DCAugment
+from methods.compile import compiled, resolve_compile
 from methods.ensemble import autocast_context, resolve_mode, train_ensemble
 from methods.errors import MethodError
 from methods.networks import canonical_network_name, get_network
@@ -134,6 +135,7 @@ def train_and_test(
     optimizer: str = EvalPlan.optimizer,
     loss_fn: Optional[LossFn] = None,
     validation: Optional[tuple[Tensor, Tensor]] = None,
+    compile: str = "off",
 ) -> NetworkResult:
     """Train one fresh network and test it once; ``images`` etc. must already be on ``device``.
 
@@ -141,11 +143,17 @@ def train_and_test(
     ``epochs`` and ``lr``. ``labels`` are class ids, or what ``loss_fn`` takes (soft-label
     logits). With ``validation`` (images, labels of a held-out part of the training set) the
     network is scored on it after every pass and tested with the weights of the best pass
-    (the earliest on ties); otherwise with the final weights."""
+    (the earliest on ties); otherwise with the final weights. ``compile`` (``auto``/``on``/
+    ``off``, :func:`methods.compile.resolve_compile` with this network's minibatch count) runs
+    the training forward/backward and the test pass through the shared compiled graphs."""
     device = torch.device(device)
     g = make_generator(network_seed(seed, arch, net_index))
     net = get_network(arch, channel, num_classes, im_size, generator=g, device=device)
     passes = list(schedule) if schedule is not None else [(r, n) for _ep, r, n in lr_schedule(epochs, lr)]
+    n_train = images.shape[0]
+    use_compile = resolve_compile(compile, device, steps=len(passes) * -(-n_train // max(1, batch_size)))
+    forward = (compiled(net, enabled=True, batch=max(1, min(batch_size, n_train)))
+               if use_compile and n_train else None)
     opt = None
     best_acc, best_state, chosen = -1.0, None, len(passes) - 1
     start = time.perf_counter()
@@ -157,9 +165,9 @@ def train_and_test(
                 group["lr"] = ep_lr
         with autocast_context(device, bf16):
             train_epoch(net, images, labels, opt, batch_size=batch_size, generator=g, augment=augment,
-                        loss_fn=loss_fn)
+                        loss_fn=loss_fn, forward=forward)
         if validation is not None:
-            val_acc = test_accuracy(net, validation[0], validation[1], bf16=bf16)
+            val_acc = test_accuracy(net, validation[0], validation[1], bf16=bf16, compile=use_compile)
             if val_acc > best_acc:
                 best_acc, chosen = val_acc, ep
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -168,19 +176,25 @@ def train_and_test(
     _sync(device)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    acc = test_accuracy(net, test_images, test_labels, bf16=bf16, channels_last=channels_last)
+    acc = test_accuracy(net, test_images, test_labels, bf16=bf16, channels_last=channels_last,
+                        compile=use_compile)
     _sync(device)
     return NetworkResult(acc, train_s, time.perf_counter() - start, chosen)
 
 
 def test_accuracy(net: torch.nn.Module, images: Tensor, labels: Tensor, *, bf16: bool = False,
-                  channels_last: bool = False, batch_size: int = 1024) -> float:
-    """Final test pass (eval mode, no autograd), optionally bf16 autocast / channels-last."""
+                  channels_last: bool = False, batch_size: int = 1024, compile: bool = False) -> float:
+    """Final test pass (eval mode, no autograd), optionally bf16 autocast / channels-last, or
+    through the shared compiled graph (``compile``; not with channels-last)."""
     if channels_last and images.ndim == 4:
         net = net.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
+        compile = False
+    forward = None
+    if compile and images.shape[0]:
+        forward = compiled(net, enabled=True, batch=min(batch_size, images.shape[0]))
     with autocast_context(images.device, bf16):
-        return accuracy(net, images, labels, batch_size=batch_size)
+        return accuracy(net, images, labels, batch_size=batch_size, forward=forward)
 
 
 test_accuracy.__test__ = False  # not a pytest test
@@ -256,6 +270,8 @@ def train_networks(
     channels_last: bool = False,
     plan: Optional[ResolvedPlan] = None,
     validation: Optional[tuple[Tensor, Tensor]] = None,
+    compile: str = "off",
+    workers: int = 1,
 ) -> list[NetworkResult]:
     """Train and test one network per index, in order.
 
@@ -263,7 +279,13 @@ def train_networks(
     ``augmentation``) gives the optimiser, schedule, loss and batch size; ``validation`` turns
     on best-validation-epoch selection. The single place that trains "N networks": the
     sequential loop here is the oracle that the vectorised path (``vectorize``, see the module
-    docstring; published protocol only) reproduces (same seeds per ``net_index``)."""
+    docstring; published protocol only) reproduces (same seeds per ``net_index``).
+
+    ``compile``: see :func:`train_and_test`; ``auto`` is resolved once for all networks (their
+    total minibatch count), since they share the compiled graphs. ``workers`` > 1 trains the
+    sequential networks in that many processes with the threads split between them
+    (:func:`benchmarks.workers.map_networks`); every network keeps its seed, so the results are
+    those of the one-process loop at the same threads per network."""
     if plan is None:
         base = EvalPlan(epochs=int(epochs))
         plan = ResolvedPlan(base, int(epochs), (), base.lr)
@@ -280,8 +302,27 @@ def train_networks(
             augment=augment, device=device, bf16=bf16, channels_last=channels_last, schedule=schedule,
             momentum=p.momentum, weight_decay=p.weight_decay, batch_size=p.batch_size,
         )
-    out = []
     indices = list(net_indices)
+    steps = len(indices) * len(schedule) * -(-images.shape[0] // max(1, p.batch_size))
+    compile = "on" if resolve_compile(compile, device, steps=steps) else "off"
+    if workers > 1 and len(indices) > 1:
+        from benchmarks.workers import map_networks
+
+        common = dict(
+            images=images, labels=labels, test_images=test_images, test_labels=test_labels, arch=arch,
+            num_classes=num_classes, channel=channel, im_size=tuple(im_size), epochs=epochs, seed=seed,
+            augmentation=augmentation, device=device, bf16=bf16, channels_last=channels_last, plan=plan,
+            validation=validation, compile=compile, vectorize="sequential",
+        )
+        results = map_networks(train_networks, common, indices, workers=workers)
+        out = []
+        for n, r in enumerate(tqdm(results, total=len(indices), desc=desc or f"eval {arch}", disable=not progress,
+                                   leave=False), 1):
+            out.append(r)
+            log.info("%s network %d/%d: %.2f %% (train %.1f s, test %.1f s, %d workers)", arch, n, len(indices),
+                     100 * r.accuracy, r.train_s, r.test_s, workers)
+        return out
+    out = []
     for n, i in enumerate(tqdm(indices, desc=desc or f"eval {arch}", disable=not progress, leave=False), 1):
         out.append(
             train_and_test(
@@ -290,7 +331,7 @@ def train_networks(
                 seed=seed, net_index=i, augment=augment, device=device, bf16=bf16,
                 channels_last=channels_last, schedule=schedule, momentum=p.momentum,
                 weight_decay=p.weight_decay, batch_size=p.batch_size, optimizer=p.optimizer,
-                loss_fn=loss_fn, validation=validation,
+                loss_fn=loss_fn, validation=validation, compile=compile,
             )
         )
         r = out[-1]

@@ -60,6 +60,7 @@ def train_epoch(
     generator: torch.Generator,
     augment: Optional[Augment] = None,
     loss_fn: Optional[LossFn] = None,
+    forward: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> tuple[float, float]:
     """One shuffled epoch of cross-entropy training (the reference ``epoch('train', ...)``).
 
@@ -67,6 +68,8 @@ def train_epoch(
     come from ``generator`` (CPU), so the epoch is reproducible on every device. ``labels``
     are class ids for the default hard-label cross-entropy; with ``loss_fn`` they are whatever
     it takes (e.g. (N, classes) soft-label logits; accuracy then compares with their arg-max).
+    ``forward`` replaces ``net(x)`` (a :func:`methods.compile.compiled` call of ``net``; the
+    optimiser still steps ``net``'s parameters).
     """
     net.train()
     n = images.shape[0]
@@ -78,7 +81,7 @@ def train_epoch(
         x, y = images[idx], labels[idx]
         if augment is not None:
             x = augment(x, generator)
-        out = net(x)
+        out = net(x) if forward is None else forward(x)
         loss = F.cross_entropy(out, y) if loss_fn is None else loss_fn(out, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -89,20 +92,24 @@ def train_epoch(
 
 
 @torch.no_grad()
-def predict(net: nn.Module, images: Tensor, *, batch_size: int = 1024, train_mode: bool = False) -> Tensor:
-    """Arg-max predictions without autograd (test passes, CAFE's probe)."""
+def predict(net: nn.Module, images: Tensor, *, batch_size: int = 1024, train_mode: bool = False,
+            forward: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """Arg-max predictions without autograd (test passes, CAFE's probe); ``forward`` replaces
+    ``net(x)`` (a compiled call of ``net``)."""
     was_training = net.training
     net.train(train_mode)
-    preds = [net(images[i : i + batch_size]).argmax(1) for i in range(0, images.shape[0], batch_size)]
+    fwd = net if forward is None else forward
+    preds = [fwd(images[i : i + batch_size]).argmax(1) for i in range(0, images.shape[0], batch_size)]
     net.train(was_training)
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=images.device)
 
 
-def accuracy(net: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in [0, 1], eval mode, no autograd."""
+def accuracy(net: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 1024,
+             forward: Optional[Callable[[Tensor], Tensor]] = None) -> float:
+    """Top-1 accuracy in [0, 1], eval mode, no autograd (``forward``: as :func:`predict`)."""
     if images.shape[0] == 0:
         return float("nan")
-    return float((predict(net, images, batch_size=batch_size) == labels).float().mean())
+    return float((predict(net, images, batch_size=batch_size, forward=forward) == labels).float().mean())
 
 
 def sgd(params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> torch.optim.SGD:
