@@ -81,14 +81,15 @@ one shared (siamese) DSA draw per image step; inner-loop training uses per-sampl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods.augment import DSA
+from methods.compile import compile_delta, compile_stats, compiled, context_mode, resolve_compile
 from methods.config import MethodConfig
 from methods.errors import MethodError
 from methods.loop import LoopRun, Synthesis
@@ -258,13 +259,20 @@ class CAFEConfig(MethodConfig):
 # --------------------------------------------------------------------------------------------
 
 
+FeatureMaps = Callable[[Tensor], Sequence[Tensor]]
+"""``x -> net.feature_maps(x)``, eager or a :func:`methods.compile.compiled` call."""
+
+
 @torch.no_grad()
 def real_targets(
-    net: nn.Module, real_x: Tensor, num_classes: int, layers: Sequence[int]
+    net: nn.Module, real_x: Tensor, num_classes: int, layers: Sequence[int],
+    feature_maps: Optional[FeatureMaps] = None,
 ) -> tuple[dict[int, Tensor], Tensor]:
     """Class means of the feature maps ``layers`` and the embeddings f5 of a class-major real
     batch, without autograd. Returns ({layer index: (C, ...) means}, (C*N, D) embeddings); the
-    pooled map's means are always included (under index ``len(feature_names) - 1``)."""
+    pooled map's means are always included (under index ``len(feature_names) - 1``).
+    ``feature_maps`` replaces ``net.feature_maps`` (the compiled real branch)."""
+    feature_maps = net.feature_maps if feature_maps is None else feature_maps
     n = real_x.shape[0] // num_classes
     last = len(net.feature_names) - 1
     wanted = sorted(set(layers) | {last})
@@ -273,7 +281,7 @@ def real_targets(
     embeds = []
     for c0 in range(0, num_classes, step):
         k = min(step, num_classes - c0)
-        feats = net.feature_maps(real_x[c0 * n : (c0 + k) * n])
+        feats = feature_maps(real_x[c0 * n : (c0 + k) * n])
         for i in wanted:
             f = feats[i]
             means[i].append(f.reshape(k, n, *f.shape[1:]).mean(1))
@@ -290,20 +298,23 @@ def cafe_loss(
     layer_weights: Sequence[tuple[int, float]],
     embedding_weight: float = 1.0,
     discrimination_weight: float = 0.01,
+    real_features: Optional[FeatureMaps] = None,
+    syn_features: Optional[FeatureMaps] = None,
 ) -> Tensor:
     """CAFE's image loss (module docstring) for class-major batches ``real_x`` (C*N) and
     ``syn_x`` (C*M); ``layer_weights`` are resolved (feature index, weight) pairs.
 
     The real branch is computed without autograd; the gradient reaches ``syn_x`` through the
-    synthetic class means only."""
+    synthetic class means only. ``real_features``/``syn_features`` replace ``net.feature_maps``
+    in either branch (the compiled paths)."""
     n = real_x.shape[0] // num_classes
     m = syn_x.shape[0] // num_classes
     if n * num_classes != real_x.shape[0] or m * num_classes != syn_x.shape[0]:
         raise ValueError("real and synthetic batches must hold the same count for every class")
     last = len(net.feature_names) - 1
     layer_idx = [i for i, _ in layer_weights]
-    real_means, real_embed = real_targets(net, real_x, num_classes, layer_idx)
-    syn_feats = net.feature_maps(syn_x)
+    real_means, real_embed = real_targets(net, real_x, num_classes, layer_idx, real_features)
+    syn_feats = (net.feature_maps if syn_features is None else syn_features)(syn_x)
     loss = syn_x.new_zeros(())
     for i, w in layer_weights:
         f = syn_feats[i]
@@ -325,10 +336,12 @@ def cafe_loss(
 
 
 @torch.no_grad()
-def probe_class_accuracy(net: nn.Module, images: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+def probe_class_accuracy(net: nn.Module, images: Tensor, labels: Tensor, num_classes: int,
+                         forward: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
     """Per-class accuracy (C,) of ``net`` on a probe batch, in train mode (as released) and
     without autograd. Batch-norm networks are probed one class at a time like the released code
-    (their batch statistics depend on the batch); others in chunks (exact: per-sample layers)."""
+    (their batch statistics depend on the batch); others in chunks (exact: per-sample layers),
+    through ``forward`` when given (the compiled probe)."""
     net.train()
     if has_batchnorm(net):
         correct = torch.zeros(num_classes, device=images.device)
@@ -341,7 +354,8 @@ def probe_class_accuracy(net: nn.Module, images: Tensor, labels: Tensor, num_cla
                 counts[c] = x.shape[0]
     else:
         step = chunk_images(net)
-        preds = torch.cat([net(images[i : i + step]).argmax(1) for i in range(0, images.shape[0], step)])
+        fwd = net if forward is None else forward
+        preds = torch.cat([fwd(images[i : i + step]).argmax(1) for i in range(0, images.shape[0], step)])
         correct = torch.bincount(labels, weights=(preds == labels).float(), minlength=num_classes)
         counts = torch.bincount(labels, minlength=num_classes).float()
     return correct / counts.clamp_min(1)
@@ -402,6 +416,13 @@ class CAFERun(Synthesis):
     outer_loop: int
     inner_loop: int
     dsa: Optional[DSA]
+    compile: bool = False
+    """Whether the real/synthetic branches, the probe and the inner epochs run compiled
+    (:mod:`methods.compile`; ``auto`` counts ``window`` image steps per iteration)."""
+    calls: dict[str, Callable] = field(default_factory=dict, repr=False)
+    """The current network's compiled calls (rebuilt with every network; empty when eager)."""
+    compile_base: dict[str, float] = field(default_factory=compile_stats, repr=False)
+    """The process's compilation counters when the run started (cost figures are the run's share)."""
 
 
 @register("cafe", display="CAFE", family="feature_alignment", order=300, description="CAFE: layer-wise feature alignment + discrimination loss, dynamic bi-level loops")
@@ -455,7 +476,22 @@ class CAFE(LearnedMethod):
             feature_names=names, layer_weights=resolve_layer_weights(cfg.layer_weights, names),
             per_class=min(cfg.batch_real, min(real.class_counts())),
             outer_loop=outer_loop, inner_loop=inner_loop, dsa=dsa_for(real, cfg.dsa, cfg.dsa_strategy),
+            compile=resolve_compile(context_mode(run.context), run.device, steps=run.iterations * cfg.window),
         )
+
+    def _compiled_calls(self, run: LoopRun, syn: CAFERun, net: nn.Module) -> dict[str, Callable]:
+        """The compiled calls of a fresh network: the real branch in chunks of whole classes,
+        the synthetic branch (image gradient only), the probe and the inner-epoch forward."""
+        if not syn.compile:
+            return {}
+        C, n = run.num_classes, syn.per_class
+        n_syn = C * run.ipc
+        return {
+            "real": compiled(net, "feature_maps", enabled=True, batch=classes_per_chunk(net, C, n) * n),
+            "syn": compiled(net, "feature_maps", enabled=True, batch=n_syn, param_grads=False),
+            "probe": compiled(net, enabled=True, batch=min(chunk_images(net), C * self.config.probe_per_class)),
+            "train": compiled(net, enabled=True, batch=min(self.config.batch_train, n_syn)),
+        }
 
     def step(self, run: LoopRun, syn: CAFERun, iteration: int) -> float:
         """One outer iteration: a fresh network, then the dynamic (or fixed) bi-level loops."""
@@ -465,6 +501,7 @@ class CAFE(LearnedMethod):
                           seed=derive_seed(run.generators["net"]), device=run.device)
         net.train()
         opt_net = sgd(net.parameters(), cfg.lr_net)
+        syn.calls = self._compiled_calls(run, syn, net)
         losses = []
         if not cfg.dynamic_bilevel:
             for ol in range(syn.outer_loop):
@@ -510,7 +547,8 @@ class CAFE(LearnedMethod):
         cfg: CAFEConfig = self.config
         t0 = time.perf_counter()
         px, py = run.real.sample_per_class(cfg.probe_per_class, run.generators["data"])
-        accs = probe_class_accuracy(net, px.to(run.device), py.to(run.device), run.num_classes)
+        accs = probe_class_accuracy(net, px.to(run.device), py.to(run.device), run.num_classes,
+                                    forward=syn.calls.get("probe"))
         total_acc = float(accs.sum())
         syn.counters["probe_s"] += time.perf_counter() - t0
         syn.counters["probes"] += 1
@@ -527,6 +565,7 @@ class CAFE(LearnedMethod):
         loss = cafe_loss(
             net, rx, sx, C, layer_weights=syn.layer_weights,
             embedding_weight=cfg.embedding_weight, discrimination_weight=cfg.discrimination_weight,
+            real_features=syn.calls.get("real"), syn_features=syn.calls.get("syn"),
         )
         (grad,) = torch.autograd.grad(loss, images)
         images.grad = grad
@@ -542,7 +581,7 @@ class CAFE(LearnedMethod):
                      images: Tensor) -> None:
         t0 = time.perf_counter()
         train_epoch(net, images, syn.labels, opt_net, batch_size=self.config.batch_train,
-                    generator=run.generators["train"], augment=syn.dsa)
+                    generator=run.generators["train"], augment=syn.dsa, forward=syn.calls.get("train"))
         sync(run.device)
         syn.counters["inner_epoch_s"] += time.perf_counter() - t0
         syn.counters["inner_epochs"] += 1
@@ -563,6 +602,8 @@ class CAFE(LearnedMethod):
             seconds_per_image_step=c["image_step_s"] / max(1, c["image_steps"]),
             seconds_per_inner_epoch=c["inner_epoch_s"] / max(1, c["inner_epochs"]),
             probe_seconds=c["probe_s"],
+            probe_share=c["probe_s"] / max(1e-9, c["image_step_s"] + c["inner_epoch_s"] + c["probe_s"]),
+            **(compile_delta(syn.compile_base) if syn.compile else {}),
         )
 
     def extra(self, run: LoopRun, syn: CAFERun) -> dict[str, Any]:

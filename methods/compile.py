@@ -82,6 +82,14 @@ def compile_stats() -> dict[str, float]:
     return {f"compile_{k}": v for k, v in asdict(STATS).items()}
 
 
+def compile_delta(base: dict[str, float]) -> dict[str, float]:
+    """What :func:`compile_stats` gained since ``base`` (an earlier :func:`compile_stats`):
+    graphs compiled, recompilations, fall-backs and compile seconds of one run."""
+    now = compile_stats()
+    return {k: now[k] - base.get(k, 0) for k in ("compile_graphs", "compile_recompiles", "compile_fallbacks",
+                                                 "compile_seconds")}
+
+
 def reset_stats() -> None:
     for k, v in asdict(CompileStats()).items():
         setattr(STATS, k, v)
@@ -214,8 +222,11 @@ _ENTRIES: dict[tuple, _Entry] = {}
 
 
 def clear_cache() -> None:
-    """Forget every compiled entry (tests)."""
+    """Forget every compiled entry and Dynamo's caches (tests). Entries are otherwise kept for
+    the process's life: Dynamo guards on the skeleton's identity, which a freed skeleton's
+    successor could reuse."""
     _ENTRIES.clear()
+    torch._dynamo.reset()
 
 
 def _slice(out: Any, k: int) -> Any:

@@ -29,13 +29,14 @@ Evaluation: DM's code trains evaluation networks for 1000 epochs with DSA.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from methods.augment import DSA
+from methods.compile import compile_delta, compile_stats, compiled, context_mode, resolve_compile
 from methods.config import MethodConfig
 from methods.errors import MethodError
 from methods.loop import LoopRun, Synthesis
@@ -76,18 +77,26 @@ class DMConfig(MethodConfig):
             raise MethodError("invalid DM config: " + "; ".join(problems))
 
 
-def dm_loss(net: nn.Module, real_x: Tensor, syn_x: Tensor, num_classes: int) -> Tensor:
+Embed = Callable[[Tensor], Tensor]
+"""``x -> net.embed(x)``, eager or a :func:`methods.compile.compiled` call."""
+
+
+def dm_loss(net: nn.Module, real_x: Tensor, syn_x: Tensor, num_classes: int, *,
+            real_embed: Optional[Embed] = None, syn_embed: Optional[Embed] = None) -> Tensor:
     """DM's loss for class-major batches ``real_x`` (C*N) and ``syn_x`` (C*M): the summed squared
-    distance between class-mean embeddings; the real branch runs without autograd."""
+    distance between class-mean embeddings; the real branch runs without autograd.
+    ``real_embed``/``syn_embed`` replace ``net.embed`` in either branch (the compiled paths)."""
+    real_embed = net.embed if real_embed is None else real_embed
+    syn_embed = net.embed if syn_embed is None else syn_embed
     n = real_x.shape[0] // num_classes
     m = syn_x.shape[0] // num_classes
     if n * num_classes != real_x.shape[0] or m * num_classes != syn_x.shape[0]:
         raise ValueError("real and synthetic batches must hold the same count for every class")
     step = classes_per_chunk(net, num_classes, n)
     with torch.no_grad():
-        chunks = [net.embed(real_x[c0 * n : min(num_classes, c0 + step) * n]) for c0 in range(0, num_classes, step)]
+        chunks = [real_embed(real_x[c0 * n : min(num_classes, c0 + step) * n]) for c0 in range(0, num_classes, step)]
         real_means = torch.cat([e.reshape(-1, n, e.shape[1]).mean(1) for e in chunks])
-    syn_means = net.embed(syn_x).reshape(num_classes, m, -1).mean(1)
+    syn_means = syn_embed(syn_x).reshape(num_classes, m, -1).mean(1)
     return (real_means - syn_means).pow(2).sum()
 
 
@@ -97,6 +106,10 @@ class DMRun(Synthesis):
 
     per_class: int
     dsa: Optional[DSA]
+    compile: bool = False
+    """Whether both embeddings run compiled (:mod:`methods.compile`; ``auto`` counts one call
+    per iteration)."""
+    compile_base: dict[str, float] = field(default_factory=compile_stats, repr=False)
 
 
 @register("dm", display="DM", family="distribution_matching", order=200, description="DM: distribution matching of class-mean embeddings through random frozen ConvNets")
@@ -118,6 +131,7 @@ class DM(LearnedMethod):
             counters=dict(image_steps=0, image_step_s=0.0, elapsed_s=0.0),
             per_class=min(cfg.batch_real, min(real.class_counts())),
             dsa=dsa_for(real, cfg.dsa, cfg.dsa_strategy),
+            compile=resolve_compile(context_mode(run.context), run.device, steps=run.iterations),
         )
 
     def step(self, run: LoopRun, syn: DMRun, iteration: int) -> Tensor:
@@ -133,7 +147,12 @@ class DM(LearnedMethod):
         sx = images
         if syn.dsa is not None:
             rx, sx = augment_per_class(syn.dsa, rx, images, real.num_classes, gens["aug"])
-        loss = dm_loss(net, rx, sx, real.num_classes)
+        calls = {}
+        if syn.compile:
+            C, n = real.num_classes, syn.per_class
+            calls = dict(real_embed=compiled(net, "embed", enabled=True, batch=classes_per_chunk(net, C, n) * n),
+                         syn_embed=compiled(net, "embed", enabled=True, batch=C * run.ipc))
+        loss = dm_loss(net, rx, sx, real.num_classes, **calls)
         (grad,) = torch.autograd.grad(loss, images)
         images.grad = grad
         syn.optimizer.step()
@@ -145,7 +164,8 @@ class DM(LearnedMethod):
 
     def cost_figures(self, run: LoopRun, syn: DMRun) -> dict[str, float]:
         steps = syn.counters["image_steps"]
-        return {"image_steps": steps, "seconds_per_image_step": syn.counters["image_step_s"] / max(1, steps)}
+        out = {"image_steps": steps, "seconds_per_image_step": syn.counters["image_step_s"] / max(1, steps)}
+        return dict(out, **compile_delta(syn.compile_base)) if syn.compile else out
 
     def extra(self, run: LoopRun, syn: DMRun) -> dict[str, Any]:
         return {"dsa_strategy": None if syn.dsa is None else syn.dsa.strategy}
