@@ -565,7 +565,8 @@ class _Validator:
             for e in entries:
                 if e.method in (WHOLE, RANDOM) or e.method_obj is None:
                     continue
-                overrides = baseline_overrides(e.method_obj.eval_plan(stub), e.eval, own, self.eval, e.eval_epochs)
+                overrides = baseline_overrides(e.method_obj.eval_plan(stub), e.eval, own, self.eval, e.eval_epochs,
+                                               [(dataset, a) for a in eval_archs])
                 for ipc in ipcs:
                     for seed in seeds:
                         fields = dict(dataset=dataset, ipc=ipc, method=RANDOM, overrides={}, seed=seed,
@@ -576,8 +577,8 @@ class _Validator:
                             continue  # the sweep runs this random cell already
                         seen[cid] = "baseline"
                         entry = planned.setdefault(cid, {"fields": fields, "for": []})
-                        if e.method not in entry["for"]:
-                            entry["for"].append(e.method)
+                        if e.label not in entry["for"]:
+                            entry["for"].append(e.label)
         out = []
         for cid, entry in planned.items():
             label = RANDOM if not entry["fields"]["eval"] else f"{RANDOM} (plan of {', '.join(entry['for'])})"
@@ -590,7 +591,8 @@ RANDOM = "random"
 
 
 def baseline_overrides(method_plan: Any, entry_eval: Mapping[str, Any], random_plan: Any,
-                       sweep_eval: Mapping[str, Any], eval_epochs: Optional[int] = None) -> dict[str, Any]:
+                       sweep_eval: Mapping[str, Any], eval_epochs: Optional[int] = None,
+                       where: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """The ``eval:`` overrides of the random cell evaluated like a method's cells: the method's
     plan (``method_plan``, an :class:`~methods.protocol.EvalPlan`) with the entry's overrides,
     as the fields that differ from ``random_plan`` plus every key the sweep sets for all
@@ -601,7 +603,9 @@ def baseline_overrides(method_plan: Any, entry_eval: Mapping[str, Any], random_p
     epoch rule's ``epochs_no_aug`` / ``epochs_with_aug`` once the epochs are fixed (by the plan
     or ``eval_epochs``), ``dsa`` / ``dsa_strategy`` under an explicit augmentation, and
     ``dsa_strategy`` without DSA, ``epochs_no_aug`` under DSA and ``epochs_with_aug`` without
-    augmentation."""
+    augmentation; and when both plans resolve to the same protocol on every (dataset,
+    architecture) of ``where`` (e.g. ``augmentation: none`` where random's DC rule applies no
+    augmentation either), nothing is overridden but the sweep's own keys."""
     from benchmarks.teacher import TEACHER_KEYS, TEACHER_LABELS, split_overrides
     from methods.protocol import apply_overrides
 
@@ -612,6 +616,8 @@ def baseline_overrides(method_plan: Any, entry_eval: Mapping[str, Any], random_p
         teacher = True  # the set's own soft labels -> the teacher's for the random images
     if plan.lr_source == "learned":
         plan = dataclasses.replace(plan, lr_source="fixed")
+    if where and not teacher and _same_resolution(plan, random_plan, eval_epochs, where):
+        return {k: v for k, v in sorted(sweep_eval.items())}
     mine, theirs = plan.to_dict(), random_plan.to_dict()
     if plan.epochs is not None or eval_epochs is not None:
         mine.update(epochs_no_aug=theirs["epochs_no_aug"], epochs_with_aug=theirs["epochs_with_aug"])
@@ -627,8 +633,25 @@ def baseline_overrides(method_plan: Any, entry_eval: Mapping[str, Any], random_p
     out = {k: mine[k] for k in sorted(keys)}
     if teacher:
         out["labels"] = TEACHER_LABELS
+        if out.get("loss") == "kl" and "loss" not in entry_eval:
+            del out["loss"]  # labels=teacher implies it (benchmarks.teacher.split_overrides)
         out.update({k: entry_eval[k] for k in TEACHER_KEYS if k in entry_eval})
     return {k: out[k] for k in sorted(out)}
+
+
+_RESOLUTION_ONLY = ("dsa", "dsa_strategy", "epochs_no_aug", "epochs_with_aug")
+
+
+def _same_resolution(plan: Any, other: Any, eval_epochs: Optional[int], where: Sequence[tuple[str, str]]) -> bool:
+    """Whether two plans run the same protocol on every (dataset, architecture) of ``where``."""
+    if eval_epochs is not None:
+        plan, other = (dataclasses.replace(p, epochs=int(eval_epochs)) for p in (plan, other))
+    for dataset, arch in where:
+        a, b = plan.resolve(dataset, arch).to_dict(), other.resolve(dataset, arch).to_dict()
+        if {k: v for k, v in a.items() if k not in _RESOLUTION_ONLY} != \
+                {k: v for k, v in b.items() if k not in _RESOLUTION_ONLY}:
+            return False
+    return True
 
 
 def _stub_data(dataset: str) -> Any:
