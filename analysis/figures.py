@@ -27,6 +27,7 @@ from analysis.ablation import ablation_groups, group_rows, has_ablation  # noqa:
 from analysis.load import WHOLE, AnalysisError, Results  # noqa: E402
 from analysis.render import summarise  # noqa: E402
 from analysis.tables import (  # noqa: E402
+    SHARED_STAGE,
     LabelInfo,
     arch_sort_key,
     cost_frame,
@@ -315,41 +316,105 @@ MIN_TIME_S = 0.01
 
 def cost_scatter(results: Results) -> Figure:
     """Condensation wall time (log x) against mean accuracy, one point per method and IPC,
-    one panel per dataset, IPC written beside each point."""
+    one panel per dataset, IPC written beside each point (placed where it overlaps no other
+    label or point). A stage several methods share through the run cache (the coresets'
+    feature network) is taken out of their points and drawn once, as a dotted line labelled
+    with its one-time cost, so a cell that trained it and one that loaded it are comparable."""
     df = cost_frame(results)
     df = df[df["condense_time_s"].notna() & df["accuracy_mean"].notna() & (df["_method"] != WHOLE)].copy()
-    # coresets can take ~0 s; on a log axis they sit at the floor instead of vanishing
-    df["condense_time_s"] = df["condense_time_s"].clip(lower=MIN_TIME_S)
     if df.empty:
         raise AnalysisError("no condensation times in the records' cost figures")
+    df["time_s"] = df["own_condense_time_s"].where(df["own_condense_time_s"].notna(), df["condense_time_s"])
+    # coresets can take ~0 s; on a log axis they sit at the floor instead of vanishing
+    df["time_s"] = df["time_s"].clip(lower=MIN_TIME_S)
     datasets = sorted(set(df["dataset"]), key=results.dataset_key)
     lm = LabelInfo(results.records)
     labels = [lab for lab in lm.ordered() if lab in set(df["method"])]
     others = [lab for lab in labels if lab not in lm.plain]
     colours = method_colours(results)
     with paper_style():
-        fig, axes = _panel_grid(len(datasets))
+        fig, axes = _panel_grid(len(datasets), height=2.6)
+        to_label = []
         for ax, d in zip(axes, datasets):
             g = df[df["dataset"] == d]
+            points, texts = [], []
             for i, lab in enumerate(labels):
                 gl = g[g["method"] == lab].sort_values("ipc")
                 if gl.empty:
                     continue
                 colour = colour_for(lab, lm[lab], lab in lm.plain, colours, others)
-                ax.scatter(gl["condense_time_s"], gl["accuracy_mean"], color=colour, marker=MARKERS[i % len(MARKERS)], s=14, label=lm.display[lab], zorder=3, edgecolors="none")
-                for t, a, ipc in zip(gl["condense_time_s"], gl["accuracy_mean"], gl["ipc"]):
-                    ax.annotate(str(int(ipc)), (t, a), xytext=(2.5, 1.5), textcoords="offset points", fontsize=5.5, color="#555555")
+                ax.scatter(gl["time_s"], gl["accuracy_mean"], color=colour, marker=MARKERS[i % len(MARKERS)], s=14, label=lm.display[lab], zorder=3, edgecolors="none")
+                for t, a, ipc in zip(gl["time_s"], gl["accuracy_mean"], gl["ipc"]):
+                    points.append((t, a))
+                    texts.append(str(int(ipc)))
+            shared = g["shared_stage_once_s"].dropna()
+            if not shared.empty:
+                once = float(shared.max())
+                ax.axvline(once, color="#777777", ls=":", lw=0.8, zorder=1)
+                users = ", ".join(dict.fromkeys(str(n) for n in g.loc[g["shared_stage_once_s"].notna(), "_display"]))
+                ax.annotate(f"shared {SHARED_STAGE} ({users}): {once:.3g} s, once", (once, 0.02),
+                            xycoords=("data", "axes fraction"), xytext=(2, 0), textcoords="offset points",
+                            rotation=90, fontsize=5.5, color="#555555", va="bottom", ha="left")
             ax.set_xscale("log")
-            ax.set_xlabel(f"Condensation time (s, log; floor {MIN_TIME_S:g} s)")
+            ax.set_xlabel(f"Condensation time per set (s, log; floor {MIN_TIME_S:g} s)")
             ax.set_ylabel("Test accuracy (%)")
             ax.set_title(results.dataset_display(d))
+            ax.margins(x=0.15, y=0.12)
+            to_label.append((ax, points, texts))
         seen: dict[str, Any] = {}
         for ax in axes:
             for h, n in zip(*ax.get_legend_handles_labels()):
                 seen.setdefault(n, h)
         fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 4), bbox_to_anchor=(0.5, 1.0), handletextpad=0.2)
         fig.tight_layout()
+        fig.canvas.draw()  # final limits and layout: the labels are placed in their printed positions
+        for ax, points, texts in to_label:
+            place_labels(ax, points, texts)
     return fig
+
+
+#: Offsets (points) tried for a point label, nearest first.
+LABEL_OFFSETS = ((3, 2), (3, -7), (-8, 2), (-8, -7), (3, 7), (-8, 7), (3, -12), (-8, -12), (8, -2), (-13, -2),
+                 (3, 12), (-8, 12), (3, -17), (-8, -17))
+
+
+def place_labels(ax: Any, points: Sequence[tuple[float, float]], texts: Sequence[str], fontsize: float = 5.5) -> list:
+    """Annotate each point with its text at the first offset of :data:`LABEL_OFFSETS` whose box
+    overlaps no label placed before and no point (the least-overlapping one when all do)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    marker_px = 3.0 * fig.dpi / 72.0
+    occupied = []
+    for x, y in points:
+        px, py = to_px((x, y))
+        occupied.append((px - marker_px, py - marker_px, px + marker_px, py + marker_px))
+    placed = []
+
+    def overlap(a, b) -> float:
+        w = min(a[2], b[2]) - max(a[0], b[0])
+        h = min(a[3], b[3]) - max(a[1], b[1])
+        return w * h if w > 0 and h > 0 else 0.0
+
+    for (x, y), text in zip(points, texts):
+        best, best_cost = None, None
+        for dx, dy in LABEL_OFFSETS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                              color="#555555")
+            e = ann.get_window_extent(renderer)
+            box = (e.x0, e.y0, e.x1, e.y1)
+            cost = sum(overlap(box, o) for o in occupied)
+            if best_cost is None or cost < best_cost:
+                if best is not None:
+                    best[0].remove()
+                best, best_cost = (ann, box), cost
+            else:
+                ann.remove()
+            if cost == 0:
+                break
+        occupied.append(best[1])
+        placed.append(best[0])
+    return placed
 
 
 def gain_over_random(results: Results, dataset: Optional[str] = None, eval_arch: Optional[str] = None) -> Figure:

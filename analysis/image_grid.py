@@ -15,6 +15,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.figures import COLUMN_WIDTH_IN, paper_style, plt
+
+TEXT_WIDTH_IN = 6.75
+"""Full text width of a two-column paper page (the widest a figure prints)."""
+TILE_IN = 0.16
+"""Printed size of one image at IPC >= 3 (10 images per class: 1.6 in per panel)."""
+TILE_IN_LARGE = 0.3
+"""Printed size of one image at IPC 1 and 2."""
 from analysis.load import WHOLE, AnalysisError, Results
 from analysis.tables import LabelInfo
 
@@ -128,7 +135,8 @@ def image_grid(
     max_classes: int = 10,
 ) -> Figure:
     """Synthetic images, one panel per method (lowest seed), one row per class (class names
-    where known), at most ``max_ipc`` columns. Images are de-normalised with the set's own
+    where known, on every panel), at most ``max_ipc`` columns; panels wrap into rows so the
+    figure is at most :data:`TEXT_WIDTH_IN` wide (a page's text width). Images are de-normalised with the set's own
     mean/std and clamped to [0, 1]. Defaults to the first dataset and the largest IPC <= 10."""
     choices = synset_choices(results)
     if choices.empty:
@@ -163,15 +171,23 @@ def image_grid(
         panels.append((lab, mosaic, [names[k] for k in rows], h))
     with paper_style():
         ncls = max(len(p[2]) for p in panels)
-        widths = [p[1].shape[1] / p[1].shape[0] * ncls for p in panels]
-        tile_in = 0.22
-        fig_w = max(COLUMN_WIDTH_IN, 0.9 + tile_in * sum(widths) + 0.15 * len(panels))
-        fig_h = 0.45 + tile_in * ncls
+        cols = max(p[1].shape[1] for p in panels)
+        tiles = max(round(cols / (h + 1)) for _l, _m, _n, h in panels) or 1
+        tile_in = TILE_IN_LARGE if tiles <= 2 else TILE_IN
+        label_in = 0.12 + 0.045 * max(len(n) for p in panels for n in p[2])  # 6 pt text
+        panel_in = tile_in * tiles
+        per_row = max(1, min(len(panels), int(TEXT_WIDTH_IN // (panel_in + label_in + 0.08))))
+        n_rows = -(-len(panels) // per_row)
+        fig_w = min(TEXT_WIDTH_IN, max(COLUMN_WIDTH_IN, per_row * (panel_in + label_in + 0.08)))
+        fig_h = 0.3 + n_rows * (tile_in * ncls + 0.28)
         fig, axes = plt.subplots(
-            1, len(panels), figsize=(fig_w, fig_h), squeeze=False, gridspec_kw={"width_ratios": widths},
+            n_rows, per_row, figsize=(fig_w, fig_h), squeeze=False,
             layout="constrained",  # keeps the suptitle tight above the panel titles
         )
-        for j, (ax, (lab, mosaic, names, h)) in enumerate(zip(axes[0], panels)):
+        flat = list(axes.ravel())
+        for ax in flat[len(panels):]:
+            ax.set_visible(False)
+        for ax, (lab, mosaic, names, h) in zip(flat, panels):
             ax.grid(False)
             if mosaic.shape[2] == 1:
                 ax.imshow(mosaic[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -180,8 +196,8 @@ def image_grid(
             ax.set_xticks([])
             centres = [r * (h + 1) + h / 2 - 0.5 for r in range(len(names))]
             ax.set_yticks(centres)
-            ax.set_yticklabels(names if j == 0 else [""] * len(names), fontsize=6)
-            ax.tick_params(length=0)
+            ax.set_yticklabels(names, fontsize=6)  # every panel: wrapped rows each need them
+            ax.tick_params(length=0, pad=1.5)
             for side in ("top", "right", "left", "bottom"):
                 ax.spines[side].set_visible(False)
             ax.set_title(lm.display[lab], fontsize=7)

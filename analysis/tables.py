@@ -209,11 +209,13 @@ def main_table(results: Results, *, published: bool = False, eval_arch: Optional
     audit = audit_note(runs)
     if audit:
         notes.append(audit)
-    if published:
+    if published and any(r["published_confirmed"] for r in records):
         notes.append(
             "With published numbers: ours · published ± std [C confirmed in a cited source, "
             "R official README only, U unconfirmed recollection] · ours − published."
         )
+    elif published:
+        notes.append("No published number matches these datasets, IPCs and methods (analysis/data/published.csv).")
     caption = "Test accuracy (%) of condensed sets (mean ± std over evaluation runs)"
     return Table(
         name="main",
@@ -357,6 +359,8 @@ def cost_frame(results: Results) -> pd.DataFrame:
     same_arch_runs = results.runs[same_arch(results.runs)]  # accuracy as in the main table
     for (d, ipc, lab), g in rec.groupby(["dataset", rec["ipc"].fillna(-1), "label"], sort=True):
         cells = g.drop_duplicates(["store", "cell_id"])
+        spent = _mean_of(cells, SHARED_STAGE_SPENT)
+        once = _mean_of(cells, SHARED_STAGE_ONCE)
         runs = same_arch_runs[(same_arch_runs["dataset"] == d) & (same_arch_runs["label"] == lab)]
         runs = runs[runs["ipc"].fillna(-1) == ipc]
         out.append(
@@ -369,6 +373,10 @@ def cost_frame(results: Results) -> pd.DataFrame:
                 "_order": lm.order_key(lab),
                 "cells": len(cells),
                 "condense_time_s": float(np.nanmean(cells["cost_condense_wall_time_s"])) if cells["cost_condense_wall_time_s"].notna().any() else np.nan,
+                "shared_stage_spent_s": spent,
+                "shared_stage_once_s": once,
+                "own_condense_time_s": (float(np.nanmean(cells["cost_condense_wall_time_s"])) - (0.0 if np.isnan(spent) else spent))
+                if cells["cost_condense_wall_time_s"].notna().any() else np.nan,
                 "condense_peak_memory_mb": float(np.nanmax(cells["cost_condense_peak_memory_mb"])) if cells["cost_condense_peak_memory_mb"].notna().any() else np.nan,
                 "eval_time_per_net_s": float(np.nanmean(g["eval_time_per_net_s"])) if g["eval_time_per_net_s"].notna().any() else np.nan,
                 "eval_peak_memory_mb": float(np.nanmax(g["cost_eval_peak_memory_mb"])) if g["cost_eval_peak_memory_mb"].notna().any() else np.nan,
@@ -384,6 +392,33 @@ def cost_frame(results: Results) -> pd.DataFrame:
     df = df.sort_values("_sort", kind="stable").drop(columns=["_sort"]).reset_index(drop=True)
     df["ipc"] = df["ipc"].astype("Int64")
     return df
+
+
+SHARED_STAGE = "feature network"
+"""The stage several methods share through the run cache (herding, k-center and the forgetting
+coreset train one feature network per dataset/seed, ``methods.coreset_features``)."""
+SHARED_STAGE_SPENT = "cost_feature_train_time_s"
+"""Seconds a cell spent training the shared stage (0 when it came from the cache)."""
+SHARED_STAGE_ONCE = "cost_feature_net_train_time_s"
+"""Seconds the shared stage took when it was trained (recorded by every cell that uses it)."""
+
+
+def _mean_of(frame: pd.DataFrame, column: str) -> float:
+    if column not in frame or not frame[column].notna().any():
+        return np.nan
+    return float(np.nanmean(frame[column]))
+
+
+def shared_stage_note(df: pd.DataFrame) -> Optional[str]:
+    """A note naming the shared stage's one-time cost and the rows whose times include it."""
+    if "shared_stage_once_s" not in df or not df["shared_stage_once_s"].notna().any():
+        return None
+    rows = df[df["shared_stage_once_s"].notna()]
+    names = ", ".join(dict.fromkeys(str(n) for n in rows["_display"]))
+    once = float(rows["shared_stage_once_s"].max())
+    return (f"Shared stage: the {SHARED_STAGE} that {names} share costs {fmt_time(once)} once per dataset and "
+            "seed; a condense time includes it only in the cell that trained it (the others load it from the "
+            "run cache).")
 
 
 def cost_table(results: Results) -> Table:
@@ -413,12 +448,16 @@ def cost_table(results: Results) -> Table:
     header = ["Dataset", "IPC", "Method", "Cells", "Condense time", "Condense peak mem.", "Eval time / net", "Eval peak mem."]
     if multi:
         header.append("Hardware")
-    data = df.drop(columns=[c for c in df.columns if c.startswith("_")])
+    data = df.drop(columns=[c for c in df.columns if c.startswith("_") or c.startswith("shared_stage")
+                            or c == "own_condense_time_s"])
     notes = [
         "Hardware: " + "; ".join(hardware) + ". Condense time: mean wall time per cell (seed); "
         "peak memory: maximum over cells/records; eval time: mean wall time per trained evaluation "
         f"network. {EMPTY}: not measured (no condensation for the whole dataset)."
     ]
+    shared = shared_stage_note(df)
+    if shared:
+        notes.append(shared)
     return Table(
         name="cost",
         caption="Cost of condensation and evaluation",
