@@ -23,8 +23,8 @@ Modes (``compile='auto'|'on'|'off'``, :func:`resolve_compile`):
   one warning line is logged and the eager path runs.
 * ``auto``: ``on`` when the caller's expected number of compiled calls (``steps``, e.g.
   networks x epochs x minibatches) reaches :data:`AUTO_MIN_STEPS` for the device, else ``off``:
-  a cold compilation costs about a minute per graph on a CPU (README, Performance, gives the
-  measurement and the break-even), which a short run never earns back.
+  a cold compilation is a fixed cost per graph that a short run never earns back (README,
+  Performance, gives the measurement and the break-even).
 
 Counters (:data:`STATS`, :func:`compile_stats`): graphs compiled, entries, recompilations (a
 second graph for an entry), fall-backs and compile seconds, for the cost figures.
@@ -53,8 +53,8 @@ log = logging.getLogger("methods.compile")
 COMPILE_MODES = ("auto", "on", "off")
 
 AUTO_MIN_STEPS = {"cpu": 20000, "cuda": 2000}
-"""Expected compiled calls from which ``auto`` compiles, per device type (README, Performance:
-on the project's CPU a cold graph costs ~60 s and saves ~15-30 % of a ~5-70 ms call)."""
+"""Expected compiled calls from which ``auto`` compiles, per device type (README, Performance,
+gives the measured compile cost per graph, the saving per call and the break-even)."""
 
 BACKEND_ENV = "CONDBENCH_COMPILE_BACKEND"
 """Environment override of the ``torch.compile`` backend (default ``inductor``; tests use
