@@ -175,7 +175,9 @@ def _primary(evals: list[Evaluated]) -> Optional[Evaluated]:
 
 
 def score_frame(results: Results, eval_arch: Optional[str] = None) -> pd.DataFrame:
-    """One row per (set configuration, label type, dataset, IPC): the scores' per-seed
+    """One row per (set configuration, label type, dataset, IPC) -- ``method`` names the
+    configuration (its label evaluated without overrides), ``evaluated_as`` the label whose
+    records give the row's IOR -- with the scores' per-seed
     statistics (``<score>_mean``, ``_std``, ``_n``, percentage points; LRS/ARS x 100) and
     ``missing``: what to run for the scores that could not be computed.
 
@@ -203,11 +205,12 @@ def score_frame(results: Results, eval_arch: Optional[str] = None) -> pd.DataFra
         learned = g[~((g["method"] == RANDOM) & g["plain"].astype(bool)) & (g["method"] != WHOLE)]
         for _setkey, gs in learned.groupby("setkey", sort=True):
             evals = _evaluated(gs)
+            name = _primary(evals).label
             hard = _primary([e for e in evals if e.kind == "hard"])
             for kind in sorted({e.kind for e in evals}, key=lambda k: LABEL_ORDER.get(k, 9)):
                 mine = [e for e in evals if e.kind == kind]
                 primary = _primary(mine)
-                rows.append(_row(lm, d, ipc, kind, primary, mine, hard, randoms, whole))
+                rows.append(_row(lm, name, d, ipc, kind, primary, mine, hard, randoms, whole))
     if not rows:
         raise AnalysisError("no condensed sets besides random selection in the records: nothing to score")
     df = pd.DataFrame(rows)
@@ -215,9 +218,9 @@ def score_frame(results: Results, eval_arch: Optional[str] = None) -> pd.DataFra
     return df
 
 
-def _row(lm: LabelInfo, d: str, ipc: int, kind: str, primary: Evaluated, mine: list[Evaluated],
+def _row(lm: LabelInfo, name: str, d: str, ipc: int, kind: str, primary: Evaluated, mine: list[Evaluated],
          hard: Optional[Evaluated], randoms: list[Evaluated], whole: list[Evaluated]) -> dict[str, Any]:
-    display = lm.display.get(primary.label, primary.label)
+    display = lm.display.get(name, name) + ("" if kind == "hard" else f" [{kind} labels]")
     at = f"{d} IPC {ipc}"
     missing: list[tuple[str, str, str, str]] = []  # (score, row, dataset/IPC, what to run)
     scores: dict[str, dict[int, float]] = {}
@@ -258,8 +261,8 @@ def _row(lm: LabelInfo, d: str, ipc: int, kind: str, primary: Evaluated, mine: l
             seeds = sorted(set(wa) & set(na))
             scores["ARS"] = {s: 100.0 * augmentation_robust_score(wa[s], na[s]) for s in seeds}
     out: dict[str, Any] = {
-        "method": primary.label, "labels": kind, "dataset": d, "ipc": ipc,
-        "_display": lm.display.get(primary.label, primary.label), "_order": lm.order_key(primary.label),
+        "method": name, "labels": kind, "evaluated_as": primary.label, "dataset": d, "ipc": ipc,
+        "_display": lm.display.get(name, name), "_order": lm.order_key(name),
         "accuracy": 100.0 * primary.overall(),
     }
     for name in SCORES:

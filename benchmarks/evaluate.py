@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "WHOLE_DATASET_EPOCHS", "EvaluationError", "EvalResult", "NetworkResult", "effective_plan",
-    "validation_split", "evaluate_synset", "evaluate_whole_dataset", "teacher_for",
+    "validation_split", "evaluate_synset", "evaluate_whole_dataset", "explained_plan", "teacher_for",
     # the per-network side of the protocol, from benchmarks.eval_networks
     "lr_schedule", "network_seed", "test_accuracy", "train_networks",
 ]
@@ -180,6 +180,24 @@ def effective_plan(
         raise EvaluationError("; ".join(problems))
     return plan.resolve(dataset_name, canonical_network_name(arch),
                         learned_lr=None if synset is None else synset.learned_lr)
+
+
+def explained_plan(
+    synset_or_plan: SyntheticSet | EvalPlan | None,
+    arch: str,
+    dataset_name: str,
+    *,
+    epochs: Optional[int] = None,
+    plan_overrides: Optional[Mapping[str, Any]] = None,
+) -> dict[str, Any]:
+    """Every field of the plan :func:`effective_plan` resolves, as ``condbench evaluate
+    --explain`` shows it: with teacher labels, ``labels='teacher'`` and the teacher's fields
+    (architecture, epochs, per-view) as the evaluation will record them."""
+    plan = effective_plan(synset_or_plan, arch, dataset_name, epochs=epochs, plan_overrides=plan_overrides).to_dict()
+    _plan, spec, _problems = split_overrides(plan_overrides)
+    if spec is not None:
+        plan.update(spec.plan_fields(canonical_network_name(arch)), labels="teacher")
+    return plan
 
 
 def validation_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
