@@ -175,8 +175,9 @@ class Executor(ABC):
 
     def settle(self, s: Submitted) -> str:
         """After a job ended: 'done' when every record it owed exists, 'cancelled' when
-        ``benchmarks cancel`` stopped it, else 'failed' (writing a failure when the job died
-        without writing its own). Raises ``OSError`` when the store cannot be written."""
+        ``benchmarks cancel`` or ``scancel`` stopped it, else 'failed' (writing a failure when
+        the job died without writing its own). Raises ``OSError`` when the store cannot be
+        written."""
         store = self.store
         missing = store.missing_archs(s.cell.cell_id, s.archs)
         if not missing:
@@ -187,6 +188,8 @@ class Executor(ABC):
             return "cancelled"
         state = self.final_state(s)
         store.update_job_state(s.cell.cell_id, state)
+        if state in ("CANCELLED", slurm_client.GONE):  # scancel'ed outside the suite: not a failure
+            return "cancelled"
         failure = store.read_failure(s.cell.cell_id)
         if failure is None or failure.get("job_id") not in (None, s.job_id, s.job_id.split("_")[0]):
             # The job died without writing its own failure (cancelled, out of memory, node failure,
@@ -421,7 +424,16 @@ class SlurmExecutor(Executor):
         return not _active(slurm_client.job_state(s.job_id), s.submitted)
 
     def final_state(self, s: Submitted) -> str:
-        return slurm_client.job_state(s.job_id)
+        """Accounting's word first (submitit read it from ``sacct`` when it saw the job end;
+        ``squeue`` may still say COMPLETING), else the suite's client (GONE, UNKNOWN)."""
+        try:
+            said = str(s.job.state or "").split()
+        except Exception:
+            said = []
+        state = said[0].upper() if said else "UNKNOWN"
+        if state in slurm_client.ACTIVE_STATES or state == "UNKNOWN":
+            state = slurm_client.job_state(s.job_id)
+        return state
 
     def cancel(self, info: Mapping[str, Any]) -> bool:
         return slurm_client.cancel(str(info["job_id"]))

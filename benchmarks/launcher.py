@@ -139,7 +139,7 @@ def try_recover(store: Store, log: Callable[[str], None] = log_line) -> Optional
     try:
         with store.launcher_lock():
             return recover_submissions(store, log)
-    except UserError:
+    except (UserError, OSError):  # another launcher holds the store, or it cannot even be locked
         return None
 
 

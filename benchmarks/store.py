@@ -349,7 +349,11 @@ class Store:
         from benchmarks import UserError
 
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not self.lock_path.exists():
+            os.close(os.open(self.lock_path, os.O_WRONLY | os.O_CREAT, 0o644))
+        # held read-only (flock needs no write access): the store's filesystem can still be
+        # remounted read-only, and a store on one still locks
+        fd = os.open(self.lock_path, os.O_RDONLY)
         try:
             deadline = time.monotonic() + wait_s
             while True:
@@ -365,9 +369,8 @@ class Store:
                                     f"to finish or stop it (`python -m benchmarks status {self.root}` "
                                     "shows its progress)")
                 time.sleep(0.2)
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"pid {os.getpid()} since {utc_now()}".encode(), 0)
+            with contextlib.suppress(OSError), open(self.lock_path, "w") as fh:
+                fh.write(f"pid {os.getpid()} since {utc_now()}")
             yield True
         finally:
             os.close(fd)  # releases the lock

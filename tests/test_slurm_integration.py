@@ -190,7 +190,7 @@ def test_launcher_killed_right_after_sbatch_is_recovered_not_resubmitted(tmp_pat
 
     again = cli("run", str(spec), "--executor", "slurm", "--poll", "1")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "recovered 2 job(s)" in again.stdout and "0 submitted" in again.stdout, again.stdout
+    assert "2 task(s) tracked" in again.stdout and "0 submitted" in again.stdout, again.stdout
     assert len(records(out)) == 2 and not list((out / "submitting").glob("*.json"))
     ids = sorted(i["job_id"] for i in job_infos(out).values())
     # SLURM ran exactly one array under that name: the original tasks, nothing resubmitted

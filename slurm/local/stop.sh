@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Stop the local cluster started by start.sh: each daemon by the PID in its PID file (never
-# by process name), in reverse start order, waiting for each to exit.
+# by process name), in reverse start order, waiting for each to exit. Named daemons only
+# (e.g. `stop.sh slurmctld` to take the controller down; `start.sh` brings it back).
 #
-#   bash slurm/local/stop.sh
+#   bash slurm/local/stop.sh [slurmd|slurmctld|slurmdbd|mariadb|munged ...]
 set -euo pipefail
 STATE="${CONDBENCH_SLURM_STATE:-/var/lib/condbench-slurm}"
 
@@ -23,5 +24,7 @@ stop_pid() {  # stop_pid NAME
 }
 
 for name in slurmd slurmctld slurmdbd mariadb munged; do
-    stop_pid "$name"
+    if [ "$#" -eq 0 ] || [[ " $* " == *" $name "* ]]; then
+        stop_pid "$name"
+    fi
 done
