@@ -10,7 +10,8 @@ field that affects results -- dataset, ipc, method, canonicalised overrides (val
 through the method's typed config, so ``0`` and ``0.0`` for a float field are the same cell; an
 override equal to the method's registered default is dropped, so ``{lr_img: 1.0}`` where 1.0
 is the default is the same cell as no override: ids hash the effective config), seed, iterations, num_eval, eval_epochs, the condensation architecture and, only when there are
-any, the evaluation-plan overrides (so cells of a sweep without ``eval:`` keep their ids). The
+any, the evaluation-plan overrides (so cells of a sweep without ``eval:`` keep their ids) and, for a
+``tensor:`` dataset, the SHA-256 of its file (a file changed on disk makes new cells). The
 label, the output folder, the profile and the executor do not enter the id. The special method
 ``whole`` is the whole-dataset baseline (no condensation; ``ipc`` is null).
 
@@ -117,7 +118,32 @@ def id_fields(
     }
     if eval:
         fields["eval"] = {k: eval[k] for k in sorted(eval)}
+    if str(dataset).lower().startswith("tensor:"):
+        fields["data"] = tensor_file_digest(str(dataset)[len("tensor:"):])
     return fields
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def tensor_file_digest(path: str) -> Optional[str]:
+    """SHA-256 of a tensor dataset file (None when it cannot be read): part of the id of its
+    cells, so a file that changed on disk between runs of a sweep makes new cells instead of
+    being mixed with results of the old contents. Cached per path, size and mtime."""
+    import os
+
+    try:
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _DIGESTS:
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            _DIGESTS[key] = digest.hexdigest()
+    except OSError:
+        return None
+    return _DIGESTS[key]
 
 
 def cell_id(**fields: Any) -> str:

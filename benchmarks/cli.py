@@ -132,19 +132,45 @@ def parse_archs(items: Optional[Sequence[str]]) -> list[str]:
     return names
 
 
-def write_json(record: Any, path: str | os.PathLike) -> Path:
-    """Write ``record`` as indented JSON atomically."""
+def check_output(path: str | os.PathLike, flag: str, *, inputs: Sequence[str | os.PathLike] = (),
+                 overwrite: bool = True) -> Path:
+    """Check an output path before any compute (:class:`UserError`, one line): not one of the
+    command's ``inputs`` (a dataset or synthetic-set file), not an existing file unless
+    ``overwrite``, and writable (:func:`benchmarks.storage.check_writable`)."""
+    from benchmarks.storage import check_writable
+
+    path = Path(path).expanduser()
+    for source in inputs:
+        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+            raise UserError(f"{flag} {path} is an input of this command; write the result to another file")
+    if path.is_file() and not overwrite:
+        raise UserError(f"{flag} {path} exists; pass --overwrite to replace it, or choose another path")
+    return check_writable(path, flag=flag)
+
+
+def write_output(data: bytes, path: str | os.PathLike, what: str) -> Path:
+    """Write ``data`` to ``path`` atomically; when that fails (after the up-front check: disk
+    full, made read-only) save it to a fallback file in the temp folder and raise a
+    :class:`UserError` naming both."""
+    from benchmarks.storage import atomic_write_bytes, write_problem
+
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
+        return atomic_write_bytes(path, data)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+        problem = write_problem(exc, path.parent)
+        fd, fallback = tempfile.mkstemp(prefix=f"condbench-{path.stem}-", suffix=path.suffix)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        except OSError as exc2:
+            raise UserError(f"{problem}; the {what} could not be saved elsewhere either ({exc2.strerror})") from None
+        raise UserError(f"{problem}; the {what} was saved to {fallback} instead") from None
+
+
+def write_json(record: Any, path: str | os.PathLike) -> Path:
+    """Write ``record`` as indented JSON atomically (:func:`write_output`)."""
+    return write_output((json.dumps(record, indent=2, sort_keys=False) + "\n").encode(), path, "JSON record")
 
 
 def format_table(results: Sequence[Any]) -> str:
@@ -180,16 +206,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 # --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------
@@ -200,6 +216,16 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.set)
     out = Path(args.out) if args.out else default_synset_path(args.method, args.dataset, args.ipc, args.seed)
+    inputs = [args.dataset.split(":", 1)[1]] if args.dataset.lower().startswith("tensor:") else []
+    if args.checkpoint:
+        inputs.append(args.checkpoint)
+    check_output(out, "--out", inputs=inputs, overwrite=args.overwrite)
+    if args.checkpoint:
+        check_output(args.checkpoint, "--checkpoint", inputs=inputs[:1])
+    if args.cache_dir:
+        from benchmarks.storage import check_writable
+
+        check_writable(args.cache_dir, flag="--cache-dir", folder=True)
     synset = run_condense(
         args.method, overrides, args.dataset, args.ipc, args.seed,
         data_root=args.data_root, device=args.device, download=args.download,
@@ -207,10 +233,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, cache_dir=args.cache_dir,
         progress=args.progress, log=log.info,
     )
-    try:
-        synset.save(out)
-    except OSError as exc:
-        raise UserError(f"cannot write the synthetic set to {out}: {exc.strerror or exc}") from exc
+    write_output(synset.to_bytes(), out, "synthetic set")
     print(f"wrote {out}  ({synset.method}, {synset.dataset}, IPC {synset.ipc}, {len(synset)} images, "
           f"{synset.cost.get('wall_time_s', 0.0):.1f} s)")
     return 0
@@ -226,6 +249,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     archs = parse_archs(args.arch)
     synset = SyntheticSet.load(args.synset)
+    problem = synset.evaluation_problem()
+    if problem is not None:
+        raise UserError(f"{args.synset} cannot be evaluated: {problem}")
+    json_path = Path(args.json) if args.json else Path(args.synset).with_suffix(".eval.json")
+    if not args.explain:
+        inputs = [args.synset] + ([args.dataset.split(":", 1)[1]] if (args.dataset or "").lower().startswith("tensor:") else [])
+        check_output(json_path, "--json", inputs=inputs)
     plan_overrides = parse_plan_overrides(args.eval_set, synset.eval_plan)
     name = _dataset_name(args.dataset or synset.dataset)
     # resolved before any data is loaded: what the plan needs that the set lacks fails here
@@ -245,6 +275,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"{args.synset} records dataset '{synset.dataset}', which is not a dataset name this "
                 "suite can load; pass --dataset NAME (or tensor:<file.pt>)"
             ) from None
+    other = other_dataset_problem(synset, args.dataset)
+    if other is not None and not args.allow_other_dataset:
+        raise UserError(f"{args.synset} {other}; pass --allow-other-dataset to evaluate it there anyway")
     dataset = load_dataset(args.dataset or synset.dataset, data_root=args.data_root, device=device,
                            download=args.download)
     results = [
@@ -269,10 +302,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "code_version": _code_version(),
         "results": [r.to_dict() for r in results],
     }
-    json_path = Path(args.json) if args.json else Path(args.synset).with_suffix(".eval.json")
     write_json(record, json_path)
     print(f"wrote {json_path}")
     return 0
+
+
+def other_dataset_problem(synset: Any, dataset: Optional[str]) -> Optional[str]:
+    """Why evaluating ``synset`` on ``dataset`` (None: its own) is evaluating it on other data
+    than it was condensed from (None: it is not): another dataset name, or a tensor file whose
+    bytes differ from the recorded fingerprint (:func:`benchmarks.data.dataset_fingerprint`)."""
+    from benchmarks.data import DataError, dataset_fingerprint
+
+    target = dataset or synset.dataset
+    recorded = synset.extra.get("dataset_fingerprint")
+    try:
+        actual = dataset_fingerprint(target)
+    except DataError:
+        return None  # load_dataset names the problem
+    if recorded is not None and recorded != actual:
+        if target == synset.dataset or _dataset_name(target) == _dataset_name(synset.dataset):
+            return f"was condensed from another version of {target} (its contents changed since)"
+        return f"was condensed from {synset.dataset}, not {target}"
+    if recorded is None and dataset and _dataset_name(dataset) != _dataset_name(synset.dataset):
+        return f"was condensed from {synset.dataset}, not {dataset}"
+    return None
 
 
 def cmd_whole(args: argparse.Namespace) -> int:
@@ -282,6 +335,9 @@ def cmd_whole(args: argparse.Namespace) -> int:
     from methods.protocol import EvalPlan
 
     archs = parse_archs(args.arch)
+    if args.json and not args.explain:
+        check_output(args.json, "--json",
+                     inputs=[args.dataset.split(":", 1)[1]] if args.dataset.lower().startswith("tensor:") else [])
     plan_overrides = parse_plan_overrides(args.eval_set, EvalPlan(epochs=args.epochs))
     if args.explain:
         name = _dataset_name(args.dataset)
@@ -400,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--iterations", type=int, help="override the method's iteration budget")
     p.add_argument("--out", help="output file (default synsets/<method>_<dataset>_ipc<N>_seed<S>.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--checkpoint", help="checkpoint file: saved periodically, resumed from if present")
     p.add_argument("--checkpoint-every", type=_positive, default=10, help="iterations between checkpoints (10)")
     p.add_argument("--cache-dir", help="folder for reusable tensors (e.g. herding's feature network)")
@@ -413,9 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("synset", help="synthetic set .pt written by `condbench condense`")
     p.add_argument("--arch", action="append", help="evaluation architecture(s), repeatable or comma list (ConvNet)")
     p.add_argument("--num-eval", type=_positive, default=20, help="networks per architecture (20)")
-    p.add_argument("--epochs", type=_non_negative, help="override the protocol's epoch count")
+    p.add_argument("--epochs", type=_positive, help="override the protocol's epoch count")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation networks (0)")
-    p.add_argument("--dataset", help="evaluate on this dataset instead of the one recorded in the set")
+    p.add_argument("--dataset", help="the dataset the set was condensed from (default: the one recorded in the set)")
+    p.add_argument("--allow-other-dataset", action="store_true",
+                   help="evaluate on a --dataset other than the one the set was condensed from")
     p.add_argument("--json", help="JSON record path (default: next to SYNSET, *.eval.json)")
     _add_plan_options(p)
     _add_common(p)
@@ -429,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="dataset name or tensor:<file.pt>")
     p.add_argument("--arch", action="append", help="architecture(s), repeatable or comma list (ConvNet)")
     p.add_argument("--num-eval", type=_positive, default=5, help="networks per architecture (5)")
-    p.add_argument("--epochs", type=_non_negative, default=20, help="training epochs (20)")
+    p.add_argument("--epochs", type=_positive, default=20, help="training epochs (20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the networks (0)")
     p.add_argument("--json", help="write a JSON record here")
     _add_plan_options(p)

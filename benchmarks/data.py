@@ -39,7 +39,9 @@ from this one module.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import gzip
+import hashlib
 import logging
 import os
 import struct
@@ -267,6 +269,32 @@ def dataset_info(name: str) -> DatasetInfo:
                        name=key, display=path.stem)
 
 
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def dataset_fingerprint(name: str) -> str:
+    """What identifies the data behind ``name``: the canonical name of a built-in dataset (its
+    files are fixed), ``tensor-sha256:<hex>`` of a ``tensor:`` file's bytes (so a file changed
+    on disk is another dataset). Cached per path, size and mtime. Raises :class:`DataError` for
+    a tensor file that cannot be read."""
+    key = canonical_dataset_name(name)
+    if not key.startswith(TENSOR_PREFIX):
+        return key
+    path = Path(key[len(TENSOR_PREFIX):]).expanduser()
+    try:
+        stat = path.stat()
+        cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if cache_key not in _FINGERPRINTS:
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            _FINGERPRINTS[cache_key] = "tensor-sha256:" + digest.hexdigest()
+    except OSError as exc:
+        raise DataError(f"cannot read tensor dataset {path} ({exc.strerror or exc})") from None
+    return _FINGERPRINTS[cache_key]
+
+
 def dataset_display(name: str) -> str:
     """The name tables print for dataset ``name`` (``MNIST``, ``CIFAR10``, ``Digits``, ...); a
     ``tensor:`` dataset is shown by its file's stem (the file is not opened)."""
@@ -456,7 +484,18 @@ def _build(
     source: str,
     num_classes: Optional[int] = None,
 ) -> Dataset:
-    """Normalise float [0,1] NCHW images with mean/std, move to device, wrap in Dataset."""
+    """Normalise float [0,1] NCHW images with mean/std, move to device, wrap in Dataset.
+
+    Raises :class:`DataError` for an empty test split or NaN/Inf pixels (naming the file or
+    dataset, the split and the count): such data would train and evaluate to meaningless
+    numbers."""
+    where = source or name
+    if xte.shape[0] == 0:
+        raise DataError(f"{where}: the test split is empty; a dataset needs test images to evaluate on")
+    for split, images in (("training", xtr), ("test", xte)):
+        bad = int((~torch.isfinite(images.float())).sum())
+        if bad:
+            raise DataError(f"{where}: {bad} non-finite value(s) (NaN/Inf) in the {split} images; fix the data")
     num_classes = int(num_classes if num_classes is not None else int(max(ytr.max(), yte.max())) + 1)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -714,6 +753,10 @@ def _as_labels(labels: Any, n: int, path: Path, key: str) -> Tensor:
     return labels
 
 
+TENSOR_KEYS = ("images_train", "labels_train", "images_test", "labels_test", "class_names", "mean", "std")
+"""The keys of a tensor dataset file (the first four required); others are warned about."""
+
+
 def load_tensor_dataset(path: str | os.PathLike, *, device: torch.device | str = "cpu", name: Optional[str] = None) -> Dataset:
     """Load a user tensor file (format of :func:`save_tensor_dataset`)."""
     path = Path(path)
@@ -724,6 +767,10 @@ def load_tensor_dataset(path: str | os.PathLike, *, device: torch.device | str =
             f"{path} lacks the keys {', '.join(missing)}; a tensor dataset needs images_train, "
             "labels_train, images_test, labels_test (optional: class_names, mean, std)"
         )
+    for key in sorted(set(data) - set(TENSOR_KEYS)):
+        close = difflib.get_close_matches(str(key), TENSOR_KEYS, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(TENSOR_KEYS)}"
+        log.warning("%s: unknown key '%s' ignored (%s)", path, key, hint)
     xtr = _as_nchw(data["images_train"], path, "images_train")
     xte = _as_nchw(data["images_test"], path, "images_test")
     if xtr.shape[1:] != xte.shape[1:]:

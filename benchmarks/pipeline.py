@@ -45,7 +45,12 @@ def resolve_device(spec: Optional[str | torch.device] = None) -> torch.device:
             raise DeviceError(
                 f"device '{spec}' requested but only {torch.cuda.device_count()} CUDA device(s) exist"
             )
-    elif device.type not in ("cpu", "mps"):
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceError(f"device '{spec}' requested but this PyTorch has no usable MPS (Apple GPU) "
+                              "support here; use --device cpu or auto")
+    elif device.type != "cpu":
         raise DeviceError(f"unsupported device '{spec}'; use auto, cpu, cuda or cuda:N")
     return device
 
@@ -117,6 +122,15 @@ def run_condense(
         on_context(context)
     logger(f"condensing {data.name} with {method.name} at IPC {ipc}, seed {seed} on {dev}")
     synset = method.condense(data.train, ipc, seed=int(seed), context=context)
+    try:  # the set records which data it was condensed from (evaluation elsewhere is refused)
+        from benchmarks.data import dataset_fingerprint
+
+        synset.extra = {**synset.extra, "dataset_fingerprint": dataset_fingerprint(data.name)}
+    except UserError:  # a Dataset built in code: its name is no loadable dataset
+        pass
+    if iterations is not None and "iterations" in synset.config:
+        # the saved config states the budget that ran, not the method's default
+        synset.config = {**synset.config, "iterations": int(iterations)}
     logger(
         f"done: {len(synset)} images in {synset.cost.get('wall_time_s', float('nan')):.1f} s "
         f"(peak {synset.cost.get('peak_memory_mb', float('nan')):.0f} MiB)"

@@ -184,6 +184,11 @@ def run_cell(
             "condense_peak_memory_mb": synset.cost.get("peak_memory_mb"),
         }
         condense_cost.update({k: v for k, v in synset.cost.items() if k not in ("wall_time_s", "peak_memory_mb")})
+    if synset is not None and synset.evaluation_problem() is not None:
+        from methods.errors import SyntheticSetFormatError
+
+        raise SyntheticSetFormatError(f"the synthetic set of cell {cell.cell_id} cannot be evaluated: "
+                                      f"{synset.evaluation_problem()}")
     plan_overrides = dict(cell.eval) or None  # the sweep's evaluation-plan overrides
     meta = method_fields(cell.method, dict(cell.overrides), method_config if synset is not None else None)
     meta.update(dataset_fields(cell.dataset))

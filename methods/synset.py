@@ -94,13 +94,39 @@ class SyntheticSet:
         """The format-1 summary of :attr:`eval_plan` (``dsa``, ``dsa_strategy``, ``epochs_no_aug``)."""
         return self.eval_plan.eval_defaults()
 
+    def checksum(self) -> str:
+        """SHA-256 of the set's tensors (images, labels, soft labels, indices; written with the
+        file and checked on load, so flipped bytes in the data are found)."""
+        digest = hashlib.sha256()
+        for tensor in (self.images, self.labels, self.soft_labels, self.indices):
+            if tensor is None:
+                digest.update(b"-")
+                continue
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
+
+    def evaluation_problem(self) -> Optional[str]:
+        """Why this set cannot be evaluated (None: it can): NaN/Inf in its images or soft
+        labels, e.g. a diverged condensation."""
+        for what, tensor in (("images", self.images), ("soft labels", self.soft_labels)):
+            if tensor is not None and tensor.is_floating_point():
+                bad = int((~torch.isfinite(tensor)).sum())
+                if bad:
+                    return (f"its {what} hold {bad} non-finite value(s) (NaN/Inf): the condensation "
+                            "diverged; condense again (e.g. with a lower learning rate)")
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors and primitives only, loadable with ``weights_only=True``."""
+        labels = self.labels.detach().cpu().long()
         return {
+            "checksum": self.checksum(),
             "magic": _SYNSET_MAGIC,
             "format_version": FORMAT_VERSION,
             "images": self.images.detach().cpu().contiguous(),
-            "labels": self.labels.detach().cpu().long(),
+            "labels": labels,
             "method": self.method,
             "config": plain(self.config),
             "seed": int(self.seed),
@@ -139,7 +165,7 @@ class SyntheticSet:
                 plan = EvalPlan.from_eval_defaults(d.get("eval_defaults") or {})
             else:
                 plan = EvalPlan.from_dict(d.get("eval_plan") or {})
-            return cls(
+            synset = cls(
                 images=d["images"],
                 labels=d["labels"],
                 method=d["method"],
@@ -161,6 +187,26 @@ class SyntheticSet:
             )
         except (KeyError, TypeError, ValueError, MethodError) as exc:
             raise SyntheticSetFormatError(f"{source} is a corrupt synthetic set: {exc}") from exc
+        problem = synset._shape_problem()
+        if problem is not None:
+            raise SyntheticSetFormatError(f"{source} is a corrupt synthetic set: {problem}")
+        if d.get("checksum") is not None and d["checksum"] != synset.checksum():
+            raise SyntheticSetFormatError(
+                f"{source} is a corrupt synthetic set: its tensors do not match the checksum written with "
+                "them (the file was modified or damaged); condense it again")
+        return synset
+
+    def _shape_problem(self) -> Optional[str]:
+        if not isinstance(self.images, Tensor) or not isinstance(self.labels, Tensor):
+            return "images and labels must be tensors"
+        if self.images.ndim != 4:
+            return f"images must be N x C x H x W, got shape {tuple(self.images.shape)}"
+        n, m = int(self.images.shape[0]), int(self.labels.numel())
+        if self.labels.ndim != 1 or m != n:
+            return f"{n} images but {m} labels"
+        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= int(self.num_classes)):
+            return f"labels must lie in 0..{int(self.num_classes) - 1}, got {int(self.labels.min())}..{int(self.labels.max())}"
+        return None
 
     def to_bytes(self) -> bytes:
         """The file :meth:`save` writes, in memory (the benchmarks layer writes it through its
