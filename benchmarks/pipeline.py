@@ -109,11 +109,18 @@ def run_condense(
         dev = resolve_device(device)
         data = load_dataset(dataset, data_root=data_root, device=dev, download=download)
     data.train.validate_ipc(ipc)
+    try:
+        from benchmarks.data import dataset_fingerprint
+
+        fingerprint: Optional[str] = dataset_fingerprint(data.name)
+    except UserError:  # a Dataset built in code: its name is no loadable dataset
+        fingerprint = None
     context = RunContext(
         device=dev,
         iterations=iterations,
         progress=progress,
-        checkpoint=FileCheckpointStore(checkpoint_path) if checkpoint_path is not None else None,
+        checkpoint=(FileCheckpointStore(checkpoint_path, dataset=fingerprint)
+                    if checkpoint_path is not None else None),
         checkpoint_every=checkpoint_every,
         cache=disk_cache(cache_dir) if cache_dir is not None else None,
         log=logger,
@@ -122,12 +129,8 @@ def run_condense(
         on_context(context)
     logger(f"condensing {data.name} with {method.name} at IPC {ipc}, seed {seed} on {dev}")
     synset = method.condense(data.train, ipc, seed=int(seed), context=context)
-    try:  # the set records which data it was condensed from (evaluation elsewhere is refused)
-        from benchmarks.data import dataset_fingerprint
-
-        synset.extra = {**synset.extra, "dataset_fingerprint": dataset_fingerprint(data.name)}
-    except UserError:  # a Dataset built in code: its name is no loadable dataset
-        pass
+    if fingerprint is not None:  # the set records which data it was condensed from
+        synset.extra = {**synset.extra, "dataset_fingerprint": fingerprint}
     if iterations is not None and "iterations" in synset.config:
         # the saved config states the budget that ran, not the method's default
         synset.config = {**synset.config, "iterations": int(iterations)}

@@ -121,10 +121,14 @@ class FileCheckpointStore:
     """:class:`methods.context.CheckpointStore` backed by one file (``load``/``save``).
 
     ``load`` returns None when the file does not exist yet; an unreadable file raises
-    :class:`CheckpointError` naming it (delete it to start the run afresh)."""
+    :class:`CheckpointError` naming it (delete it to start the run afresh). ``dataset``
+    (a :func:`benchmarks.data.dataset_fingerprint`) is stored with every save; a checkpoint
+    written for other data is refused on load (the method's own identity check covers
+    method, seed, IPC and config)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, dataset: Optional[str] = None) -> None:
         self.path = Path(path)
+        self.dataset = dataset
         self.saves = 0
 
     def __repr__(self) -> str:
@@ -147,9 +151,17 @@ class FileCheckpointStore:
             raise CheckpointError(
                 f"checkpoint {self.path} does not hold a state dict; delete it to restart the run"
             )
+        theirs = state.pop("dataset_fingerprint", None)
+        if self.dataset is not None and theirs is not None and theirs != self.dataset:
+            raise CheckpointError(
+                f"checkpoint {self.path} was written for other data ({theirs}, not {self.dataset}); delete it "
+                "or use another --checkpoint"
+            )
         return state
 
     def save(self, state: dict[str, Any]) -> None:
+        if self.dataset is not None:
+            state = {**state, "dataset_fingerprint": self.dataset}
         atomic_torch_save(state, self.path)
         self.saves += 1
 

@@ -250,3 +250,17 @@ def test_a_set_records_its_dataset_fingerprint(synset_file, tmp_path):
     assert fp == dataset_fingerprint(f"tensor:{tmp_path / 'd1.pt'}") and fp.startswith("tensor-sha256:")
     with pytest.raises(SyntheticSetFormatError):
         SyntheticSet.load(tmp_path / "missing.pt")
+
+
+def test_a_checkpoint_written_for_other_data_is_refused(tmp_path):
+    from benchmarks.storage import CheckpointError
+
+    ckpt = tmp_path / "run.ckpt"
+    d1, d2 = tensor_data(tmp_path / "a.pt"), tensor_data(tmp_path / "b.pt", seed=3)
+    run_condense("dm", {}, f"tensor:{d1}", 1, 0, device="cpu", iterations=2, checkpoint_path=ckpt, checkpoint_every=1)
+    with pytest.raises(CheckpointError) as err:
+        run_condense("dm", {}, f"tensor:{d2}", 1, 0, device="cpu", iterations=4, checkpoint_path=ckpt)
+    from benchmarks.data import dataset_fingerprint
+
+    assert str(err.value) == (f"checkpoint {ckpt} was written for other data ({dataset_fingerprint(f'tensor:{d1}')}, "
+                              f"not {dataset_fingerprint(f'tensor:{d2}')}); delete it or use another --checkpoint")
