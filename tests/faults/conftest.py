@@ -11,8 +11,8 @@ again and measures what the issue asks for:
 * **messages**: every launcher/status output has no traceback and an error is one line;
 * **consistency**: ``python -m benchmarks status --verify`` exits 0 afterwards.
 
-Each test appends its figures to :data:`FIGURES`; with ``CONDBENCH_FAULT_TABLE=path`` the
-session writes them there as JSON (the README's reliability table is made from that file).
+Each test's figures are also appended, one JSON object a line, to the file named by
+``CONDBENCH_FAULT_TABLE`` when it is set (the README's reliability table is made from it).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("CONDBENCH_SLURM_STATE", "/var/lib/condbench-slurm"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-FIGURES: list[dict[str, Any]] = []
 
 
 def cluster_problem() -> Optional[str]:
@@ -64,12 +63,6 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.faults)
         if problem:
             item.add_marker(pytest.mark.skip(reason=problem))
-
-
-def pytest_sessionfinish(session, exitstatus):
-    path = os.environ.get("CONDBENCH_FAULT_TABLE")
-    if path and FIGURES:
-        Path(path).write_text(json.dumps(FIGURES, indent=2) + "\n")
 
 
 # -- sweeps -------------------------------------------------------------------------------------
@@ -204,7 +197,10 @@ def record(fault: str, out: Path, outputs: list[subprocess.CompletedProcess], **
     row = {"fault": fault, "cells": len(cells_of(out)), "cells_lost": cells_lost(out),
            "cells_run_twice": cells_run_twice(out), "verify_ok": check.returncode == 0,
            "message_problems": len(problems), **extra}
-    FIGURES.append(row)
+    table = os.environ.get("CONDBENCH_FAULT_TABLE")
+    if table:
+        with open(table, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
     assert row["cells_lost"] == 0 and row["cells_run_twice"] == 0, (row, check.stdout)
     assert row["verify_ok"], check.stdout + check.stderr
     assert not problems, problems
