@@ -52,7 +52,7 @@ log = logging.getLogger("methods.compile")
 
 COMPILE_MODES = ("auto", "on", "off")
 
-AUTO_MIN_STEPS = {"cpu": 20000, "cuda": 2000}
+AUTO_MIN_STEPS = {"cpu": 2000, "cuda": 2000}
 """Expected compiled calls from which ``auto`` compiles, per device type (README, Performance,
 gives the measured compile cost per graph, the saving per call and the break-even)."""
 
