@@ -348,28 +348,29 @@ def cost_scatter(results: Results) -> Figure:
                     points.append((t, a))
                     texts.append(str(int(ipc)))
             shared = g["shared_stage_once_s"].dropna()
+            notes = []
             if not shared.empty:
                 once = float(shared.max())
                 ax.axvline(once, color="#777777", ls=":", lw=0.8, zorder=1)
-                users = ", ".join(dict.fromkeys(str(n) for n in g.loc[g["shared_stage_once_s"].notna(), "_display"]))
-                ax.annotate(f"shared {SHARED_STAGE} ({users}): {once:.3g} s, once", (once, 0.02),
-                            xycoords=("data", "axes fraction"), xytext=(2, 0), textcoords="offset points",
-                            rotation=90, fontsize=5.5, color="#555555", va="bottom", ha="left")
+                notes.append(ax.annotate(f"shared {SHARED_STAGE}:\n{once:.3g} s, once", (once, 0.03),
+                                         xycoords=("data", "axes fraction"), xytext=(2, 0), textcoords="offset points",
+                                         fontsize=5.5, color="#555555", va="bottom", ha="left"))
             ax.set_xscale("log")
             ax.set_xlabel(f"Condensation time per set (s, log; floor {MIN_TIME_S:g} s)")
             ax.set_ylabel("Test accuracy (%)")
             ax.set_title(results.dataset_display(d))
             ax.margins(x=0.15, y=0.12)
-            to_label.append((ax, points, texts))
+            to_label.append((ax, points, texts, notes))
         seen: dict[str, Any] = {}
         for ax in axes:
             for h, n in zip(*ax.get_legend_handles_labels()):
                 seen.setdefault(n, h)
-        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 4), bbox_to_anchor=(0.5, 1.0), handletextpad=0.2)
+        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center",
+                   ncol=min(len(seen), 2 * len(datasets)), bbox_to_anchor=(0.5, 1.0), handletextpad=0.2)
         fig.tight_layout()
         fig.canvas.draw()  # final limits and layout: the labels are placed in their printed positions
-        for ax, points, texts in to_label:
-            place_labels(ax, points, texts)
+        for ax, points, texts, notes in to_label:
+            place_labels(ax, points, texts, avoid=notes)
     return fig
 
 
@@ -378,9 +379,11 @@ LABEL_OFFSETS = ((3, 2), (3, -7), (-8, 2), (-8, -7), (3, 7), (-8, 7), (3, -12), 
                  (3, 12), (-8, 12), (3, -17), (-8, -17))
 
 
-def place_labels(ax: Any, points: Sequence[tuple[float, float]], texts: Sequence[str], fontsize: float = 5.5) -> list:
+def place_labels(ax: Any, points: Sequence[tuple[float, float]], texts: Sequence[str], fontsize: float = 5.5,
+                 avoid: Sequence[Any] = ()) -> list:
     """Annotate each point with its text at the first offset of :data:`LABEL_OFFSETS` whose box
-    overlaps no label placed before and no point (the least-overlapping one when all do)."""
+    overlaps no label placed before, no point and no artist of ``avoid`` (the least-overlapping
+    one when all do)."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     to_px = ax.transData.transform
@@ -389,6 +392,9 @@ def place_labels(ax: Any, points: Sequence[tuple[float, float]], texts: Sequence
     for x, y in points:
         px, py = to_px((x, y))
         occupied.append((px - marker_px, py - marker_px, px + marker_px, py + marker_px))
+    for artist in avoid:
+        e = artist.get_window_extent(renderer)
+        occupied.append((e.x0, e.y0, e.x1, e.y1))
     placed = []
 
     def overlap(a, b) -> float:

@@ -27,7 +27,7 @@ LRS and ARS are printed x 100. The package feeds its percentages (0-100) into ``
 module uses fractions, as the paper's definition does (scores in [0, 1]), so numbers are
 comparable with the paper's tables, not with a raw package log line.
 
-One row per set configuration (method, config, training architecture) and label type
+One row per set configuration (method, config overrides, training architecture) and label type
 (hard / soft / teacher): its records evaluated under other plans supply HLR (hard labels)
 and ARS (with and without augmentation). A score whose inputs are missing prints ``–`` and
 the table's notes name the cells to run.
@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import WHOLE, AnalysisError, Results
-from analysis.plans import plan_of, protocol
+from analysis.plans import plan_of, protocol, protocol_key
 from analysis.render import EMPTY, Cell, Stat, Table
 from analysis.tables import LabelInfo, select_main_runs
 
@@ -105,11 +105,17 @@ class Evaluated:
 
 
 def _evaluated(runs: pd.DataFrame) -> list[Evaluated]:
+    """Per (label, protocol): the per-seed mean accuracies. Grouped by the protocol, not the
+    stored plan, whose teacher fields (seed, measured accuracy) differ from seed to seed."""
+    if runs.empty:
+        return []
+    runs = runs.assign(_pkey=[protocol_key(plan_of(p), str(k)) for p, k in zip(runs["eval_plan"], runs["labels"])])
     out = []
-    for (label, plan_json, kind), g in runs.groupby(["label", "eval_plan", "labels"], sort=True, dropna=False):
-        plan = plan_of(plan_json)
+    for (label, _key), g in runs.groupby(["label", "_pkey"], sort=True, dropna=False):
+        plan = plan_of(g["eval_plan"].iloc[0])
+        kind = str(g["labels"].iloc[0])
         by_seed = {int(s): float(gs["accuracy"].mean()) / 100.0 for s, gs in g.groupby("seed")}
-        out.append(Evaluated(str(label), plan, protocol(plan, str(kind)), by_seed))
+        out.append(Evaluated(str(label), plan, protocol(plan, kind), by_seed))
     return out
 
 
@@ -190,7 +196,9 @@ def score_frame(results: Results, eval_arch: Optional[str] = None) -> pd.DataFra
             "no random-selection records to measure gains against in " + ", ".join(results.stores)
             + ": run the sweep with random_baseline: true (the default) or add `random` to its methods"
         )
-    runs["setkey"] = runs["method"].astype(str) + "|" + runs["method_config"].astype(str) + "|" + \
+    # a set configuration: the method, the cell's config overrides and the training network (the
+    # recorded full config is not used: it may hold the iteration budget or not, see the report)
+    runs["setkey"] = runs["method"].astype(str) + "|" + runs["overrides"].astype(str) + "|" + \
         runs["train_arch"].astype(str)
     lm = LabelInfo(runs)
     rows = []

@@ -111,6 +111,7 @@ def _store(root: Path, entries) -> Path:
     cells = []
     for k, (label, method, plan, accs) in enumerate(entries):
         for seed, values in accs.items():
+            plan_s = plan(seed) if callable(plan) else plan
             cid = f"c{k}s{seed}"
             whole = method == "whole"
             cell = {"cell_id": cid, "dataset": "digits", "ipc": None if whole else 10, "method": method,
@@ -120,7 +121,7 @@ def _store(root: Path, entries) -> Path:
             store.write_record(Record(
                 cell_id=cid, sweep="t", dataset="digits", ipc=cell["ipc"], method=method, label=label, overrides={},
                 method_config={}, seed=seed, train_arch=cell["train_arch"], eval_arch="ConvNet", num_eval=len(values),
-                eval_epochs=20, eval_augmentation=plan["augmentation"], eval_plan=plan, labels=plan["labels"],
+                eval_epochs=20, eval_augmentation=plan_s["augmentation"], eval_plan=plan_s, labels=plan_s["labels"],
                 accuracies=tuple(values), cost={"condense_wall_time_s": 1.0, "eval_wall_time_s": 1.0},
                 **method_fields(method, {}, None), **dataset_fields("digits"),
             ))
@@ -153,16 +154,22 @@ def test_teacher_labels_are_their_own_row_and_missing_inputs_say_what_to_run(tmp
     root = _store(tmp_path / "s", [
         ("random", "random", _plan(), {0: [0.50, 0.50]}),
         ("dm", "dm", _plan(AUG), {0: [0.80, 0.80]}),
-        ("dm [teacher]", "dm", _plan(AUG, labels="teacher"), {0: [0.85, 0.85]}),
+        # one teacher per seed: its seed and measured accuracy differ, the protocol does not
+        ("dm [teacher]", "dm", lambda seed: _plan(AUG, labels="teacher", teacher_seed=seed,
+                                                  teacher_test_accuracy=0.9 + seed / 100),
+         {0: [0.85, 0.85], 1: [0.87, 0.87]}),
+        ("random [teacher]", "random", lambda seed: _plan(AUG, labels="teacher", teacher_seed=seed),
+         {0: [0.70], 1: [0.71]}),
     ])
     results = load_results([root])
     df = score_frame(results)
     assert set(zip(df["method"], df["labels"], df["evaluated_as"])) == {("dm", "hard", "dm"),
                                                                         ("dm", "teacher", "dm [teacher]")}
+    teacher = df[df["labels"] == "teacher"].iloc[0]
+    assert teacher["IOR_n"] == 2 and teacher["IOR_mean"] == pytest.approx(15.5)  # (85-70 + 87-71) / 2
     table = scores_table(results)
     text = table.to_markdown()
     assert "run `random` with eval: {augmentation: \"dsa:color_crop_cutout_scale_rotate\"" in text
-    assert "labels: teacher" in text
     assert "add `whole` to the sweep" in text
     assert "| DM | teacher |" in text
     audit = main_table(results).notes
