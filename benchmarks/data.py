@@ -784,6 +784,9 @@ def load_tensor_dataset(path: str | os.PathLike, *, device: torch.device | str =
     num_classes = len(class_names) if class_names else top
     if top > num_classes:
         raise DataError(f"{path}: labels go up to {top - 1} but only {num_classes} class_names are given")
+    if xtr.shape[0] > 1 and bool((xtr == xtr.reshape(-1)[0]).all()):
+        raise DataError(f"{path}: every training image is the same constant value; nothing can be learned "
+                        "from it (check how the file was made)")
     channel = xtr.shape[1]
     mean, std = data.get("mean"), data.get("std")
     if mean is None or std is None:

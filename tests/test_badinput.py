@@ -264,3 +264,13 @@ def test_a_checkpoint_written_for_other_data_is_refused(tmp_path):
 
     assert str(err.value) == (f"checkpoint {ckpt} was written for other data ({dataset_fingerprint(f'tensor:{d1}')}, "
                               f"not {dataset_fingerprint(f'tensor:{d2}')}); delete it or use another --checkpoint")
+
+
+def test_constant_training_images_are_refused(tmp_path):
+    path = tmp_path / "flat.pt"
+    save_tensor_dataset(path, torch.full((10, 1, 4, 4), 0.5), torch.arange(10) % 2, torch.rand(4, 1, 4, 4),
+                        torch.arange(4) % 2)
+    with pytest.raises(DataError) as err:
+        load_dataset(f"tensor:{path}")
+    assert str(err.value) == (f"{path}: every training image is the same constant value; nothing can be learned "
+                              "from it (check how the file was made)")
