@@ -274,50 +274,6 @@ def unsubmitted_files(folder: Path) -> list[Path]:
         return []
 
 
-SBATCH_FIELDS: tuple[tuple[str, str], ...] = (
-    ("more processors requested than permitted", "cpus_per_task"),
-    ("cpu count per node can not be satisfied", "cpus_per_task"),
-    ("memory required by task is not available", "mem_gb"),
-    ("memory specification", "mem_gb"),
-    ("invalid generic resource", "gpus_per_node"),
-    ("gres", "gpus_per_node"),
-    ("invalid partition", "partition"),
-    ("invalid account", "account"),
-    ("invalid qos", "qos"),
-    ("time limit", "timeout_min"),
-    ("invalid feature specification", "constraint"),
-    ("requested node configuration is not available", "cpus_per_task, mem_gb or gpus_per_node"),
-)
-"""sbatch error text (lower case) -> the cluster-profile field that causes it."""
-
-_UNREACHABLE_TEXT = ("unable to contact slurm controller", "socket timed out", "connection refused",
-                     "connect failure", "zero bytes were transmitted")
-
-
-def sbatch_problem(exc: BaseException, profile: ClusterProfile) -> tuple[str, bool]:
-    """(one-line message, definite) for an ``sbatch`` that failed. ``definite``: SLURM refused
-    the job, so nothing was submitted; otherwise (controller unreachable, sbatch missing) it is
-    unknown whether the array was queued and the submission note must stay."""
-    text = str(exc)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    said = [ln for ln in lines if ln.lower().startswith("sbatch: error:")]
-    detail = (said[-1] if said else (lines[-1] if lines else type(exc).__name__)).replace("sbatch: error: ", "")
-    where = f"profile '{profile.name}'" + (f" ({profile.path})" if profile.path else "")
-    low = text.lower()
-    if isinstance(exc, FileNotFoundError):
-        return (f"sbatch is not installed here ({detail}); run the launcher on a SLURM login node or use "
-                "--executor local", True)
-    if any(t in low for t in _UNREACHABLE_TEXT):
-        return (f"sbatch could not reach the SLURM controller ({detail}); start it or retry later: the "
-                "next run asks SLURM whether the array was queued and submits only what is not", False)
-    for needle, fieldname in SBATCH_FIELDS:
-        if needle in low:
-            return f"sbatch refused the job array ({detail}): change '{fieldname}' in {where}", True
-    definite = "batch job submission failed" in low
-    return (f"sbatch failed ({detail}); check the resources of {where}"
-            + ("" if definite else "; the next run asks SLURM whether the array was queued"), definite)
-
-
 def _seconds_since(iso: Optional[str]) -> float:
     if not iso:
         return float("inf")
@@ -359,7 +315,7 @@ class SlurmExecutor(Executor):
 
     def submit(self, sweep_name: str, items: Sequence[Work], log: Callable[[str], None] = log_line) -> list[Submitted]:
         """One ``sbatch`` per array (see the module doc). A refused ``sbatch`` is a
-        :class:`UserError` naming the profile field to change (:func:`sbatch_problem`); the
+        :class:`UserError` naming the profile field to change (:func:`benchmarks.slurm_client.sbatch_problem`); the
         pickles and submission scripts it wrote are removed, and its ``submitting/`` note too
         when SLURM definitely refused (kept when the answer is ambiguous, e.g. the controller
         did not answer: the next run asks SLURM whether the array exists)."""
@@ -382,7 +338,9 @@ class SlurmExecutor(Executor):
             except Exception as exc:  # sbatch refused or could not be run
                 for path in set(unsubmitted_files(store.logs_dir)) - before:
                     path.unlink(missing_ok=True)
-                message, definite = sbatch_problem(exc, self.profile)
+                profile = self.profile
+                message, definite = slurm_client.sbatch_problem(
+                    exc, f"profile '{profile.name}'" + (f" ({profile.path})" if profile.path else ""))
                 if definite:
                     store.end_submission(token)
                 raise UserError(message) from None

@@ -1,6 +1,7 @@
 """The SLURM client commands the suite runs itself: job states, jobs by name, cancel.
 
-Every command goes through :func:`client_output`, which answers None when the command is
+:func:`sbatch_problem` turns a failed ``sbatch`` into one line naming the profile field to
+change. Every command goes through :func:`client_output`, which answers None when the command is
 missing, fails or hangs, so a launcher on a machine without SLURM (or with a slow controller)
 degrades to "state unknown" instead of crashing. Submission itself is submitit's
 (:class:`benchmarks.executors.SlurmExecutor`).
@@ -39,6 +40,51 @@ TERMINAL_FAILURES = frozenset({
 })
 """End states of a job that did not complete (``status`` shows the cell as failed or cancelled
 from SLURM's word even when the job could not write its failure file)."""
+
+
+SBATCH_FIELDS: tuple[tuple[str, str], ...] = (
+    ("more processors requested than permitted", "cpus_per_task"),
+    ("cpu count per node can not be satisfied", "cpus_per_task"),
+    ("memory required by task is not available", "mem_gb"),
+    ("memory specification", "mem_gb"),
+    ("invalid generic resource", "gpus_per_node"),
+    ("gres", "gpus_per_node"),
+    ("invalid partition", "partition"),
+    ("invalid account", "account"),
+    ("invalid qos", "qos"),
+    ("time limit", "timeout_min"),
+    ("invalid feature specification", "constraint"),
+    ("requested node configuration is not available", "cpus_per_task, mem_gb or gpus_per_node"),
+)
+"""sbatch error text (lower case) -> the cluster-profile field that causes it."""
+
+_UNREACHABLE_TEXT = ("unable to contact slurm controller", "socket timed out", "connection refused",
+                     "connect failure", "zero bytes were transmitted")
+
+
+def sbatch_problem(exc: BaseException, where: str) -> tuple[str, bool]:
+    """(one-line message, definite) for an ``sbatch`` that failed (``exc``: what submitit
+    raised, its text holds sbatch's stderr); ``where`` names the cluster profile the message
+    points to. ``definite``: SLURM refused the job, so nothing was submitted; otherwise
+    (controller unreachable) it is unknown whether the array was queued and the submission
+    note must stay."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.lower().startswith("sbatch: error:")]
+    detail = (said[-1] if said else (lines[-1] if lines else type(exc).__name__)).replace("sbatch: error: ", "")
+    low = text.lower()
+    if isinstance(exc, FileNotFoundError):
+        return (f"sbatch is not installed here ({detail}); run the launcher on a SLURM login node or use "
+                "--executor local", True)
+    if any(t in low for t in _UNREACHABLE_TEXT):
+        return (f"sbatch could not reach the SLURM controller ({detail}); start it or retry later: the "
+                "next run asks SLURM whether the array was queued and submits only what is not", False)
+    for needle, fieldname in SBATCH_FIELDS:
+        if needle in low:
+            return f"sbatch refused the job array ({detail}): change '{fieldname}' in {where}", True
+    definite = "batch job submission failed" in low
+    return (f"sbatch failed ({detail}); check the resources of {where}"
+            + ("" if definite else "; the next run asks SLURM whether the array was queued"), definite)
 
 
 def client_output(cmd: Sequence[str], timeout: float = 60) -> Optional[str]:

@@ -502,11 +502,11 @@ def test_slurm_states_parse_ranges_gone_tasks_and_no_answer(monkeypatch):
 def test_sbatch_refusals_name_the_profile_field(stderr, field, definite):
     from submitit.core.utils import FailedJobError
 
-    msg, sure = executors.sbatch_problem(FailedJobError(stderr), ClusterProfile(name="cpu"))
+    msg, sure = slurm_client.sbatch_problem(FailedJobError(stderr), "profile 'cpu'")
     assert f"change '{field}' in profile 'cpu'" in msg and "\n" not in msg and sure is definite
-    down, sure = executors.sbatch_problem(FailedJobError(
+    down, sure = slurm_client.sbatch_problem(FailedJobError(
         "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"),
-        ClusterProfile(name="cpu"))
+        "profile 'cpu'")
     assert down.startswith("sbatch could not reach the SLURM controller") and sure is False
 
 

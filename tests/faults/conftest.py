@@ -32,7 +32,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-STATE = Path(os.environ.get("CONDBENCH_SLURM_STATE", "/var/lib/condbench-slurm"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -126,11 +125,6 @@ def squeue_states(job_ids) -> dict[str, str]:
     out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True).stdout
     wanted = set(job_ids)
     return {j: s for j, _, s in (ln.partition("|") for ln in out.splitlines()) if j in wanted}
-
-
-def wait_idle_queue(job_ids, timeout: float = 240) -> None:
-    """Until no job of ``job_ids`` is queued or running."""
-    wait_for(lambda: not squeue_states(job_ids), timeout, f"jobs {sorted(job_ids)} to leave the queue", poll=1)
 
 
 # -- measurements -------------------------------------------------------------------------------

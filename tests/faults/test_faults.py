@@ -7,7 +7,6 @@ is measured). Run with ``tox -e faults`` or ``pytest -m faults tests/faults``.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -16,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import (
-    REPO, STATE, cli, job_infos, launch, messages_ok, profile, record, run_args, squeue_states, wait_for,
-    wait_idle_queue, write_spec,
+    REPO, cli, job_infos, launch, messages_ok, profile, record, run_args, squeue_states, wait_for, write_spec,
 )
 
 pytestmark = pytest.mark.faults
