@@ -39,8 +39,7 @@ at a time and propagates the adjoint ``lambda_i = dL/dtheta_i``::
 modes; ``tests/test_mtt.py`` checks them equal and against a float64 oracle.
 
 Hyper-parameters: :data:`HYPERPARAMETERS` holds the paper's per-dataset, per-IPC settings
-(Cazenavette et al. 2022, appendix, hyper-parameter table; the same values as the authors'
-per-setting commands): ``syn_steps``, ``expert_epochs``, ``max_start_epoch``, ``lr_img``,
+(Cazenavette et al. 2022, appendix, hyper-parameter table; see its docstring for the source): ``syn_steps``, ``expert_epochs``, ``max_start_epoch``, ``lr_img``,
 ``lr_lr``, the initial synthetic lr (``lr_teacher``), ``batch_syn`` (None = every synthetic
 image in one batch, the code's default) and ZCA. A config field left at None takes the table's
 value; a tabulated dataset at an IPC the table lacks is refused with a message naming the keys
@@ -74,7 +73,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +125,9 @@ HYPERPARAMETERS: dict[tuple[str, int], Hyperparameters] = {
     ("tinyimagenet", 10): Hyperparameters(20, 2, 40, 10000.0, 1e-4, 0.01, 200, False),
     ("tinyimagenet", 50): Hyperparameters(20, 2, 40, 10000.0, 1e-4, 0.01, 300, False),
 }
-"""MTT's per-(dataset, IPC) settings (Cazenavette et al. 2022, appendix hyper-parameter table)."""
+"""MTT's per-(dataset, IPC) settings (Cazenavette et al. 2022, appendix hyper-parameter table),
+transcribed from the per-setting distillation commands that reproduce it; the CIFAR-100 IPC-1
+row is also the example command of the authors' README."""
 
 DEFAULT_ROW = Hyperparameters(syn_steps=20, expert_epochs=2, max_start_epoch=10, lr_img=100.0, lr_lr=1e-5,
                               lr_teacher=0.01, batch_syn=None, zca=False)
@@ -497,6 +498,9 @@ class MTT(LearnedMethod):
             syn.forward, theta0.to(device), target.to(device), syn.images, labels, syn.syn_lr, steps, syn.dsa,
             memory_constant=cfg.memory_constant,
         )
+        if not torch.isfinite(loss) or not torch.isfinite(g_img).all():
+            raise MethodError(f"MTT diverged at iteration {iteration + 1}: matching loss {float(loss):.4g}, learned lr "
+                              f"{float(syn.syn_lr.detach()):.4g}; lower lr_img, lr_lr or syn_steps (--set KEY=VALUE)")
         syn.images.grad = g_img
         syn.syn_lr.grad = g_lr.reshape(syn.syn_lr.shape)
         syn.optimizer.step()
@@ -507,6 +511,9 @@ class MTT(LearnedMethod):
             syn.label_logits.grad = None
         syn.images.grad = None
         syn.syn_lr.grad = None
+        if not float(syn.syn_lr.detach()) > 0:
+            raise MethodError(f"MTT's learned lr became {float(syn.syn_lr.detach()):.4g} at iteration {iteration + 1} "
+                              f"(it must stay positive to train the student); lower lr_lr or syn_steps (--set KEY=VALUE)")
         sync(device)
         syn.counters["step_s"] += time.perf_counter() - t0
         syn.counters["iterations_run"] += 1

@@ -242,3 +242,11 @@ def test_bad_trajectories_one_clear_message_each(tiny):
     with pytest.raises(MethodError, match="no row for cifar10 at IPC 3"):
         get_method("mtt", dict(model=MODEL)).condense(
             dataclasses.replace(data, name="cifar10"), 3, seed=0, context=_ctx(traj))
+
+
+def test_a_diverging_run_stops_with_one_line(tiny):
+    data, traj = tiny
+    with pytest.raises(MethodError) as exc:
+        get_method("mtt", dict(TINY, lr_lr=1e6, iterations=3)).condense(data, 2, seed=0, context=_ctx(traj))
+    msg = str(exc.value)
+    assert ("diverged" in msg or "learned lr became" in msg) and "lower" in msg and "\n" not in msg
