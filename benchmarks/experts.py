@@ -349,14 +349,45 @@ def resources_for(
     matching (MTT, DATM), ``{}`` for every other method. ``dataset`` is the name the loaded data
     carry (``ClassData.name``). Raises :class:`ExpertsError` naming the command that trains the
     missing experts, :class:`MethodError` for a bad config or an IPC the table lacks."""
+    need = experts_needed(method, dataset, ipc, overrides=overrides)
+    if need is None:
+        return {}
+    key, num_experts = need
+    return {RESOURCE: load_trajectories(experts_root, key, num_experts)}
+
+
+def experts_needed(method: str, dataset: str, ipc: int, *,
+                   overrides: Optional[Mapping[str, Any]] = None) -> Optional[tuple[TrajectoryKey, int]]:
+    """``(key, number of experts)`` that a run of ``method`` on ``dataset`` at ``ipc`` needs, or
+    None for a method without expert trajectories. Cells with equal keys share one expert stage
+    (a sweep plans one job per distinct key, with the largest number of experts asked for)."""
     from methods.mtt import MTTConfig
     from methods.registry import get_method
 
     m = get_method(method, overrides)
     if not isinstance(m.config, MTTConfig):
-        return {}
-    key = m.config.trajectory_key(dataset, ipc)
-    return {RESOURCE: load_trajectories(experts_root, key, m.config.num_experts)}
+        return None
+    return m.config.trajectory_key(dataset, ipc), int(m.config.num_experts)
+
+
+def run_experts_stage(
+    key: TrajectoryKey,
+    num_experts: int,
+    root: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike = "data",
+    device: Optional[str | torch.device] = None,
+    download: bool = False,
+    log: Callable[[str], None] = lambda msg: None,
+) -> ExpertReport:
+    """Load ``key.dataset`` and run :func:`train_experts` (what a sweep's expert job calls;
+    rerunning it after a preemption trains nothing twice)."""
+    from benchmarks.data import load_dataset
+    from benchmarks.pipeline import resolve_device
+
+    dev = resolve_device(device)
+    data = load_dataset(key.dataset, data_root=data_root, device=dev, download=download)
+    return train_experts(data.train, key, num_experts, root, device=dev, log=log)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,18 +432,15 @@ def add_experts_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_experts(args: argparse.Namespace) -> int:
     """Run the experts stage for the parsed ``args``; prints one summary line."""
-    from benchmarks.data import load_dataset
-    from benchmarks.pipeline import resolve_device
+    from benchmarks.data import canonical_dataset_name
 
     if args.batch < 1 or not args.lr > 0:
         raise ExpertsError(f"--batch must be >= 1 and --lr > 0, got {args.batch} and {args.lr}")
     arch = canonical_network_name(args.arch)
-    device = resolve_device(args.device)
-    data = load_dataset(args.dataset, data_root=args.data_root, device=device, download=args.download)
-    key = TrajectoryKey(dataset=data.train.name, arch=arch, zca=bool(args.zca), epochs=int(args.epochs),
+    key = TrajectoryKey(dataset=canonical_dataset_name(args.dataset), arch=arch, zca=bool(args.zca), epochs=int(args.epochs),
                         seed=int(args.seed), lr=float(args.lr), batch=int(args.batch))
-    report = train_experts(data.train, key, int(args.num_experts), args.root, device=device,
-                           log=lambda msg: print(msg, file=sys.stderr))
+    report = run_experts_stage(key, int(args.num_experts), args.root, data_root=args.data_root, device=args.device,
+                               download=args.download, log=lambda msg: print(msg, file=sys.stderr))
     print(f"experts of {key.describe()} in {report.folder}: {len(report.trained)} trained, "
           f"{len(report.resumed)} resumed, {len(report.skipped)} already there ({report.seconds:.1f} s)")
     return 0

@@ -17,6 +17,7 @@ from benchmarks.experts import (
     add_experts_parser,
     cmd_experts,
     expert_dir,
+    experts_needed,
     load_trajectories,
     resources_for,
     train_expert,
@@ -127,6 +128,10 @@ def test_resources_for_loads_what_mtt_needs(tmp_path):
     with pytest.raises(ExpertsError, match="condbench experts --dataset synthetic"):
         resources_for("mtt", "synthetic", 1, overrides=ov, experts_root=tmp_path)
     train_experts(_data(), TrajectoryKey(dataset="synthetic", arch=MODEL, zca=False, epochs=3), 1, tmp_path)
+    assert experts_needed("dm", "synthetic", 1) is None
+    assert experts_needed("mtt", "synthetic", 1, overrides=ov) == (
+        TrajectoryKey(dataset="synthetic", arch=MODEL, zca=False, epochs=3), 1)
+    assert experts_needed("mtt", "cifar10", 1)[0].zca and not experts_needed("mtt", "cifar10", 50)[0].zca
     res = resources_for("datm", "synthetic", 1, overrides=ov, experts_root=tmp_path)
     assert set(res) == {RESOURCE} and res[RESOURCE].num_experts == 1
     with pytest.raises(MethodError, match="no row for cifar10 at IPC 3"):
