@@ -57,10 +57,12 @@ Matching", ICLR 2024) is MTT with three changes, all config fields here:
   ``upper`` starts at ``window_start_fraction * max_start_epoch`` and grows linearly to
   ``max_start_epoch`` over the first ``window_growth_end`` fraction of the budget (DATM's
   ``current_max_start_epoch`` -> ``max_start_epoch`` by ``expansion_end_epoch``);
-* ``init='correct'``: initial images drawn among the real images the expert (its last stored
-  epoch, expert 0) classifies correctly;
-* ``soft_labels=True``: per-image label logits initialised from that expert's logits on the
-  initial images and learned with their own SGD optimiser (``lr_label``, ``momentum_label``);
+* ``init='correct'``: initial images drawn among the real images that expert 0 at
+  ``label_epoch`` (default: the last stored epoch; DATM's ``Label_Model_Timestamp``)
+  classifies correctly;
+* ``soft_labels=True``: per-image label logits initialised, as DATM's code does, with the mean
+  logits of the experts (at ``label_epoch``) that classify the image correctly, and learned with
+  their own SGD optimiser (``lr_label``, ``momentum_label``);
   the inner loss is cross-entropy against ``softmax(logits)`` and the set's evaluation plan
   trains on them (``labels='soft'``, ``loss='soft_ce'``).
 
@@ -181,6 +183,8 @@ class MTTConfig(MethodConfig):
     init: str = "real"
     """'real' (random real images), 'noise', or 'correct' (DATM: real images the expert classifies correctly)."""
     soft_labels: bool = False
+    label_epoch: Optional[int] = None
+    """DATM: the expert epoch whose networks pick the initial images and give the label logits (None = the last stored)."""
     lr_label: float = 2.0
     momentum_label: float = 0.9
     model: str = "ConvNet"
@@ -452,10 +456,13 @@ class MTT(LearnedMethod):
             zca = ZCA.fit(real.images.detach().cpu())
             real = replace(real, images=zca.whiten(real.images), indices_by_class=list(real.indices_by_class))
         dtype = torch.float32
-        expert0 = trajectories.experts[0][-1].to(device=device, dtype=dtype)
+        label_epoch = trajectories.stored_epochs if cfg.label_epoch is None else int(cfg.label_epoch)
+        if not 0 <= label_epoch <= trajectories.stored_epochs:
+            raise MethodError(f"label_epoch {label_epoch} is outside the 0..{trajectories.stored_epochs} stored epochs")
+        label_params = [e[label_epoch].to(device=device, dtype=dtype) for e in trajectories.experts]
         gen = run.generators["init"]
         if cfg.init == "correct":
-            images, labels = _correct_init(real, run.ipc, forward, expert0, gen, device)
+            images, labels = _correct_init(real, run.ipc, forward, label_params[0], gen, device)
         else:
             images, labels = init_synthetic(real, run.ipc, cfg.init, gen, device)
         syn_lr = torch.tensor(float(row.lr_teacher), device=device, requires_grad=True)
@@ -463,9 +470,7 @@ class MTT(LearnedMethod):
         optimizers = {"syn_lr": torch.optim.SGD([syn_lr], lr=row.lr_lr, momentum=cfg.momentum_lr)}
         label_logits = None
         if cfg.soft_labels:
-            with torch.no_grad():
-                label_logits = forward(expert0, images.detach()).detach().clone()
-            label_logits.requires_grad_(True)
+            label_logits = _expert_logits(forward, label_params, images.detach(), labels).requires_grad_(True)
             tensors["label_logits"] = label_logits
             optimizers["label_logits"] = torch.optim.SGD([label_logits], lr=cfg.lr_label, momentum=cfg.momentum_label)
         dsa = DSA(cfg.dsa_strategy or default_dsa_strategy(real.name)) if cfg.dsa else None
@@ -561,6 +566,17 @@ def _correct_init(real: ClassData, ipc: int, forward: FunctionalNet, params: Ten
     images = real.images[torch.cat(picked)].detach().to(device).clone().requires_grad_(True)
     labels = torch.arange(real.num_classes).repeat_interleave(ipc).to(device)
     return images, labels
+
+
+@torch.no_grad()
+def _expert_logits(forward: FunctionalNet, params: Sequence[Tensor], images: Tensor, labels: Tensor) -> Tensor:
+    """DATM's soft-label initialisation: per image, the mean logits of the experts that classify
+    it correctly (all experts' mean where none does)."""
+    logits = torch.stack([forward(p, images) for p in params])  # (experts, N, C)
+    correct = (logits.argmax(2) == labels.view(1, -1)).to(logits.dtype)  # (experts, N)
+    count = correct.sum(0)
+    mean_correct = (logits * correct.unsqueeze(2)).sum(0) / count.clamp_min(1).unsqueeze(1)
+    return torch.where((count > 0).unsqueeze(1), mean_correct, logits.mean(0)).detach().clone()
 
 
 register_variant(
