@@ -231,7 +231,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         data_root=args.data_root, device=args.device, download=args.download,
         iterations=args.iterations, checkpoint_path=args.checkpoint,
         checkpoint_every=args.checkpoint_every, cache_dir=args.cache_dir,
-        progress=args.progress, log=log.info,
+        progress=args.progress, log=log.info, experts_root=args.experts_root,
     )
     write_output(synset.to_bytes(), out, "synthetic set")
     print(f"wrote {out}  ({synset.method}, {synset.dataset}, IPC {synset.ipc}, {len(synset)} images, "
@@ -460,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint file: saved periodically, resumed from if present")
     p.add_argument("--checkpoint-every", type=_positive, default=10, help="iterations between checkpoints (10)")
     p.add_argument("--cache-dir", help="folder for reusable tensors (e.g. herding's feature network)")
+    p.add_argument("--experts-root", default=os.environ.get("CONDBENCH_EXPERTS", "."),
+                   help="folder holding experts/ (expert trajectories of MTT/DATM, written by `condbench "
+                        "experts`; default: $CONDBENCH_EXPERTS or .)")
     _add_common(p)
     p.set_defaults(func=cmd_condense)
 
@@ -494,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_whole)
+
+    from benchmarks.experts import add_experts_parser
+
+    add_experts_parser(sub)
 
     p = sub.add_parser("list", help="list methods, datasets and architectures")
     p.add_argument("what", nargs="?", default="all", choices=["all", "methods", "datasets", "architectures"])

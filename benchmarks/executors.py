@@ -55,6 +55,7 @@ from benchmarks import UserError, slurm_client
 from benchmarks.cells import Cell
 from benchmarks.profile import ClusterProfile
 from benchmarks.run_options import RunOptions
+from benchmarks.stages import ExpertStage, ExpertStageJob
 from benchmarks.storage import write_problem
 from benchmarks.store import Store
 from benchmarks.worker import CellJob
@@ -83,12 +84,13 @@ def log_line(msg: str) -> None:
 
 @dataclass
 class Submitted:
-    """A job the launcher follows: the cell, the executor that runs it and its job id.
+    """A job the launcher follows: the cell (or expert ``stage``: then ``cell`` is None), the
+    executor that runs it and its job id.
 
     ``job`` is the submitit job (None for a re-attached local job, whose process is not ours,
     and for the debug executor); ``reattached`` marks jobs an earlier launcher submitted."""
 
-    cell: Cell
+    cell: Optional[Cell]
     executor: str
     job_id: str
     archs: list[str]
@@ -96,6 +98,13 @@ class Submitted:
     reattached: bool = False
     submitted: Optional[str] = None
     """ISO time of the submission (the UNKNOWN/GONE grace periods count from it)."""
+    stage: Optional[ExpertStage] = None
+    """The expert stage this job trains (:mod:`benchmarks.stages`), None for a cell's job."""
+
+    @property
+    def track_id(self) -> str:
+        """The name of its ``jobs/`` file: the cell id or the stage id."""
+        return self.stage.stage_id if self.stage is not None else self.cell.cell_id  # type: ignore[union-attr]
 
 
 def make_job(store: Store, sweep_name: str, cell: Cell, archs: Sequence[str], options: RunOptions) -> CellJob:
@@ -103,6 +112,12 @@ def make_job(store: Store, sweep_name: str, cell: Cell, archs: Sequence[str], op
     return CellJob(str(store.root), cell.to_json(), sweep_name=sweep_name, archs=list(archs),
                    data_root=str(options.data_root), device=options.device, download=options.download,
                    checkpoint_every=options.checkpoint_every, progress=options.progress)
+
+
+def make_stage_job(store: Store, stage: ExpertStage, options: RunOptions) -> ExpertStageJob:
+    """The picklable job of one expert stage, training into ``store``'s ``experts/``."""
+    return ExpertStageJob(str(store.root), stage.to_json(), data_root=str(options.data_root), device=options.device,
+                          download=options.download)
 
 
 def job_log_path(job: Any) -> Optional[str]:
@@ -127,6 +142,9 @@ class Executor(ABC):
     name: ClassVar[str] = ""
     reattaches: ClassVar[bool] = True
     """Whether a run with this executor waits for active jobs of earlier launchers."""
+    dependencies: ClassVar[bool] = False
+    """Whether :meth:`submit` can start a cell that waits for its expert stages' jobs (its
+    ``after``); otherwise the launcher submits such a cell once its stages have finished."""
 
     def __init__(self, store: Store, options: Optional[RunOptions] = None) -> None:
         self.store = store
@@ -134,8 +152,15 @@ class Executor(ABC):
 
     # -- submission ---------------------------------------------------------------------------
     @abstractmethod
-    def submit(self, sweep_name: str, items: Sequence[Work], log: Callable[[str], None] = log_line) -> list[Submitted]:
-        """Start a job for each item and record it; returns what to follow."""
+    def submit(self, sweep_name: str, items: Sequence[Work], log: Callable[[str], None] = log_line,
+               after: Optional[Mapping[str, Sequence[str]]] = None) -> list[Submitted]:
+        """Start a job for each item and record it; returns what to follow. ``after`` maps a
+        cell id to the job ids it must wait for (only executors with :attr:`dependencies`)."""
+
+    @abstractmethod
+    def submit_stages(self, sweep_name: str, stages: Sequence[ExpertStage],
+                      log: Callable[[str], None] = log_line) -> list[Submitted]:
+        """Start a job for each expert stage and record it in ``jobs/<stage id>.json``."""
 
     def capacity(self, in_flight: Sequence[Submitted]) -> Optional[int]:
         """How many more cells :meth:`submit` may take while ``in_flight`` runs (None: all)."""
@@ -156,10 +181,16 @@ class Executor(ABC):
         state = self.state(info, states)
         return state == "RUNNING", state
 
-    def reattach(self, cell: Cell, info: Mapping[str, Any]) -> Submitted:
-        """Follow a job an earlier launcher submitted."""
-        return Submitted(cell, self.name, str(info["job_id"]), list(info.get("archs") or cell.eval_archs),
-                         reattached=True, submitted=info.get("submitted"))
+    def reattach(self, cell: Optional[Cell], info: Mapping[str, Any]) -> Submitted:
+        """Follow a job an earlier launcher submitted (``cell`` None: a stage's)."""
+        archs = list(info.get("archs") or (cell.eval_archs if cell is not None else []))
+        return Submitted(cell, self.name, str(info["job_id"]), archs, reattached=True, submitted=info.get("submitted"))
+
+    def reattach_stage(self, stage: ExpertStage, info: Mapping[str, Any]) -> Submitted:
+        """Follow an expert stage's job an earlier launcher submitted."""
+        s = self.reattach(None, info)
+        s.stage = stage
+        return s
 
     @abstractmethod
     def finished(self, s: Submitted) -> bool:
@@ -172,6 +203,27 @@ class Executor(ABC):
     def cancel(self, info: Mapping[str, Any]) -> bool:
         """Stop a recorded job; False when there was nothing this executor could stop."""
         return False
+
+    def settle_stage(self, s: Submitted) -> str:
+        """After a stage's job ended: 'done' when every expert is stored, 'cancelled' when it
+        was cancelled, else 'failed' (writing a failure when the job left none)."""
+        store, stage = self.store, s.stage
+        assert stage is not None
+        if stage.is_done(store.experts_root):
+            store.update_job_state(stage.stage_id, "COMPLETED")
+            store.clear_failure(stage.stage_id)
+            return "done"
+        info = store.read_job(stage.stage_id) or {}
+        if info.get("state") == "CANCELLED_BY_USER" and str(info.get("job_id")) == s.job_id:
+            return "cancelled"
+        state = self.final_state(s)
+        store.update_job_state(stage.stage_id, state)
+        if state in ("CANCELLED", slurm_client.GONE):
+            return "cancelled"
+        if store.read_failure(stage.stage_id) is None:
+            store.write_failure(stage.stage_id, f"job {s.job_id} ended in state {state} without storing all "
+                                f"{stage.num_experts} experts", "", job_log_path(s.job) if s.job else None, s.job_id)
+        return "failed"
 
     def settle(self, s: Submitted) -> str:
         """After a job ended: 'done' when every record it owed exists, 'cancelled' when
@@ -305,15 +357,76 @@ class SlurmExecutor(Executor):
         return self.profile.sbatch_parameters(ipc, job_name=job_name,
                                               array_parallelism=self.options.array_parallelism)
 
-    def arrays(self, sweep_name: str, items: Sequence[Work]) -> list[list[Work]]:
-        """``items`` grouped into job arrays: cells with equal sbatch parameters share one."""
+    dependencies = True
+
+    def cell_parameters(self, cell: Cell, job_name: str, after: Sequence[str] = ()) -> dict[str, Any]:
+        """:meth:`parameters` of ``cell``, plus ``--dependency=afterok:<ids>`` and
+        ``--kill-on-invalid-dep=yes`` when it waits for the jobs ``after`` (its expert stages)."""
+        params = self.parameters(cell.ipc, job_name)
+        if after:
+            params["dependency"] = "afterok:" + ":".join(sorted(str(j) for j in after))
+            params["additional_parameters"] = {**dict(params.get("additional_parameters") or {}),
+                                               "kill_on_invalid_dep": "yes"}
+        return params
+
+    def arrays(self, sweep_name: str, items: Sequence[Work],
+               after: Optional[Mapping[str, Sequence[str]]] = None) -> list[list[Work]]:
+        """``items`` grouped into job arrays: cells with equal sbatch parameters (dependencies
+        included) share one."""
+        after = after or {}
         groups: dict[tuple, list[Work]] = {}
         for cell, archs in items:
-            params = self.parameters(cell.ipc, f"cb-{sweep_name}")
+            params = self.cell_parameters(cell, f"cb-{sweep_name}", after.get(cell.cell_id, ()))
             groups.setdefault(tuple(sorted((k, repr(v)) for k, v in params.items())), []).append((cell, archs))
         return list(groups.values())
 
-    def submit(self, sweep_name: str, items: Sequence[Work], log: Callable[[str], None] = log_line) -> list[Submitted]:
+    def submit_stages(self, sweep_name: str, stages: Sequence[ExpertStage],
+                      log: Callable[[str], None] = log_line) -> list[Submitted]:
+        """One array of every stage, with the profile's resources (at no IPC), under the same
+        ``submitting/`` note as cells (a killed launcher's next run finds it by name)."""
+        if not stages:
+            return []
+        store = self.store
+        token = uuid.uuid4().hex[:12]
+        job_name = f"cb-{sweep_name}-{token}"
+        executor = submitit.SlurmExecutor(folder=store.logs_dir)
+        executor.update_parameters(**self.parameters(None, job_name))
+        store.begin_submission(token, job_name, [(st.stage_id, []) for st in stages])
+        jobs = self._sbatch(executor, token, [make_stage_job(store, st, self.options) for st in stages])
+        submitted = utc_now_iso()
+        try:
+            for st, job in zip(stages, jobs):
+                store.write_job(st.stage_id, job_id=str(job.job_id), executor=self.name, archs=[],
+                                log_path=job_log_path(job))
+            store.end_submission(token)
+        except OSError as exc:
+            log(f"expert stage array {str(jobs[0].job_id).split('_')[0]} submitted but not recorded: "
+                f"{write_problem(exc, store.root, '--output')}")
+        log(f"submitted {len(stages)} expert stage(s) as SLURM job(s) {', '.join(str(j.job_id) for j in jobs)}")
+        return [Submitted(None, self.name, str(job.job_id), [], job, submitted=submitted, stage=st)
+                for st, job in zip(stages, jobs)]
+
+    def _sbatch(self, executor: Any, token: str, calls: Sequence[Any]) -> list[Any]:
+        """Submit ``calls`` as one batch; a refusal is a :class:`UserError` (see :meth:`submit`)."""
+        store = self.store
+        before = set(unsubmitted_files(store.logs_dir))
+        echoed = io.StringIO()  # submitit echoes sbatch's stderr; the UserError says it in one line
+        try:
+            with contextlib.redirect_stderr(echoed), executor.batch():
+                jobs = [executor.submit(call) for call in calls]
+        except Exception as exc:  # sbatch refused or could not be run
+            for path in set(unsubmitted_files(store.logs_dir)) - before:
+                path.unlink(missing_ok=True)
+            profile = self.profile
+            message, definite = slurm_client.sbatch_problem(
+                exc, f"profile '{profile.name}'" + (f" ({profile.path})" if profile.path else ""))
+            if definite:
+                store.end_submission(token)
+            raise UserError(message) from None
+        return jobs
+
+    def submit(self, sweep_name: str, items: Sequence[Work], log: Callable[[str], None] = log_line,
+               after: Optional[Mapping[str, Sequence[str]]] = None) -> list[Submitted]:
         """One ``sbatch`` per array (see the module doc). A refused ``sbatch`` is a
         :class:`UserError` naming the profile field to change (:func:`benchmarks.slurm_client.sbatch_problem`); the
         pickles and submission scripts it wrote are removed, and its ``submitting/`` note too
@@ -321,29 +434,18 @@ class SlurmExecutor(Executor):
         did not answer: the next run asks SLURM whether the array exists)."""
         out: list[Submitted] = []
         store = self.store
-        for group in self.arrays(sweep_name, items):
+        after = after or {}
+        for group in self.arrays(sweep_name, items, after):
             # A unique job name per array lets a later launcher find it if this one dies between
             # sbatch returning and the jobs/ files being written (see recover_submissions).
             token = uuid.uuid4().hex[:12]
             job_name = f"cb-{sweep_name}-{token}"
             executor = submitit.SlurmExecutor(folder=store.logs_dir)
-            executor.update_parameters(**self.parameters(group[0][0].ipc, job_name))
+            executor.update_parameters(**self.cell_parameters(group[0][0], job_name,
+                                                              after.get(group[0][0].cell_id, ())))
             store.begin_submission(token, job_name, [(cell.cell_id, list(archs)) for cell, archs in group])
-            before = set(unsubmitted_files(store.logs_dir))
-            echoed = io.StringIO()  # submitit echoes sbatch's stderr; the UserError says it in one line
-            try:
-                with contextlib.redirect_stderr(echoed), executor.batch():
-                    jobs = [executor.submit(make_job(store, sweep_name, cell, archs, self.options))
-                            for cell, archs in group]
-            except Exception as exc:  # sbatch refused or could not be run
-                for path in set(unsubmitted_files(store.logs_dir)) - before:
-                    path.unlink(missing_ok=True)
-                profile = self.profile
-                message, definite = slurm_client.sbatch_problem(
-                    exc, f"profile '{profile.name}'" + (f" ({profile.path})" if profile.path else ""))
-                if definite:
-                    store.end_submission(token)
-                raise UserError(message) from None
+            jobs = self._sbatch(executor, token, [make_job(store, sweep_name, cell, archs, self.options)
+                                                  for cell, archs in group])
             submitted = utc_now_iso()
             try:
                 for (cell, archs), job in zip(group, jobs):
@@ -368,7 +470,7 @@ class SlurmExecutor(Executor):
         state = self.state(info, states)
         return _active(state, info.get("submitted")), state
 
-    def reattach(self, cell: Cell, info: Mapping[str, Any]) -> Submitted:
+    def reattach(self, cell: Optional[Cell], info: Mapping[str, Any]) -> Submitted:
         s = super().reattach(cell, info)
         s.job = submitit.SlurmJob(folder=info.get("folder") or self.store.logs_dir, job_id=s.job_id)
         return s
@@ -499,7 +601,21 @@ class LocalExecutor(Executor):
     def capacity(self, in_flight: Sequence[Submitted]) -> Optional[int]:
         return max(0, self.options.parallel - sum(1 for s in in_flight if not s.reattached))
 
-    def submit(self, sweep_name: str, items: Sequence[Work], log: Callable[[str], None] = log_line) -> list[Submitted]:
+    def submit_stages(self, sweep_name: str, stages: Sequence[ExpertStage],
+                      log: Callable[[str], None] = log_line) -> list[Submitted]:
+        out = []
+        for st in stages:
+            executor = submitit.LocalExecutor(folder=self.store.logs_dir)
+            executor.update_parameters(timeout_min=self.options.timeout_min)
+            job = executor.submit(make_stage_job(self.store, st, self.options))
+            self.store.write_job(st.stage_id, job_id=str(job.job_id), executor=self.name, archs=[],
+                                 log_path=job_log_path(job))
+            log(f"started {st.describe()} as local process {job.job_id}")
+            out.append(Submitted(None, self.name, str(job.job_id), [], job, stage=st))
+        return out
+
+    def submit(self, sweep_name: str, items: Sequence[Work], log: Callable[[str], None] = log_line,
+               after: Optional[Mapping[str, Sequence[str]]] = None) -> list[Submitted]:
         out = []
         for cell, archs in items:
             executor = submitit.LocalExecutor(folder=self.store.logs_dir)
@@ -545,7 +661,22 @@ class DebugExecutor(Executor):
 
     reattaches = False
 
-    def submit(self, sweep_name: str, items: Sequence[Work], log: Callable[[str], None] = log_line) -> list[Submitted]:
+    def submit_stages(self, sweep_name: str, stages: Sequence[ExpertStage],
+                      log: Callable[[str], None] = log_line) -> list[Submitted]:
+        out = []
+        for st in stages:
+            log(f"expert stage: {st.describe()}")
+            job_id = f"debug-{os.getpid()}"
+            self.store.write_job(st.stage_id, job_id=job_id, executor=self.name, archs=[])
+            try:
+                make_stage_job(self.store, st, self.options)()
+            except Exception:  # recorded in failures/ by the job; settle_stage reports it
+                pass
+            out.append(Submitted(None, self.name, job_id, [], stage=st))
+        return out
+
+    def submit(self, sweep_name: str, items: Sequence[Work], log: Callable[[str], None] = log_line,
+               after: Optional[Mapping[str, Sequence[str]]] = None) -> list[Submitted]:
         out = []
         for i, (cell, archs) in enumerate(items, 1):
             log(f"[{i}/{len(items)}] {cell.describe()}")

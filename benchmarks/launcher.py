@@ -8,6 +8,13 @@ planning, submissions a killed launcher left half-recorded are recovered
 (:func:`benchmarks.executors.recover_submissions`). Which executor follows a recorded job is
 the one that submitted it (``jobs/<cell_id>.json``), whatever the current run's executor is.
 
+Expert stages (:mod:`benchmarks.stages`) come first: every stage a cell to run needs whose
+experts are not all stored is submitted as its own job (or re-attached when its recorded
+``jobs/stage-<key>.json`` job is still active). On SLURM the cells are submitted at once with
+an ``afterok`` dependency on their stage's job; with the local and debug executors a cell waits
+in the launcher until its stage has finished. A stage that fails fails its waiting cells (with a
+failure naming the stage); on SLURM its cells are cancelled by the dependency.
+
 :func:`store_status` and :func:`cancel_store` work on a results store alone (``status`` and
 ``cancel`` subcommands).
 """
@@ -23,6 +30,7 @@ from benchmarks.cells import Cell
 from benchmarks.executors import (
     EXECUTORS, Executor, Recovery, SlurmExecutor, Submitted, Work, executor_for, log_line, recover_submissions,
 )
+from benchmarks.stages import STAGE_PREFIX, ExpertStage, stages_for
 from benchmarks.storage import write_problem
 from benchmarks.run_options import RunOptions
 from benchmarks.store import Store
@@ -64,6 +72,10 @@ class RunSummary:
     cancelled: int = 0
     held: int = 0
     still_running: int = 0
+    stages_submitted: int = 0
+    stages_reattached: int = 0
+    stages_done: int = 0
+    stages_failed: int = 0
     statuses: list[CellStatus] = field(default_factory=list)
 
 
@@ -244,15 +256,24 @@ def _run_locked(store: Store, executor: Executor, sweep: Sweep, options: RunOpti
             if tracker is not None:
                 in_flight.append(tracker.reattach(cell, info))
     summary.reattached = len(in_flight)
-    queue = list(todo)
-    total = len(in_flight) + len(queue)
+    stage_flight, blocked, after, held_cells = _start_stages(store, executor, sweep.name, todo, recovery, summary, log)
+    summary.held += len(held_cells)
+    queue = [w for w in todo if w[0].cell_id not in held_cells
+             and not any(w in ws for ws in blocked.values())]
+    total = len(in_flight) + len(queue) + sum(len(ws) for ws in blocked.values())
     last_report = 0.0
     while True:
+        for st in list(stage_flight):
+            tracker = executor if st.executor == executor.name else executor_for(st.executor, store)
+            if not tracker.finished(st):
+                continue
+            stage_flight.remove(st)
+            queue += _settle_stage(store, tracker, st, blocked.pop(st.track_id, []), summary, log)
         room = executor.capacity(in_flight)
         take = queue if room is None else queue[:room]
         if take:
             try:
-                in_flight += executor.submit(sweep.name, take, log)
+                in_flight += executor.submit(sweep.name, take, log, after=after)
                 summary.submitted += len(take)
             except OSError as exc:  # the store stopped accepting writes: submit nothing more
                 log(f"{len(queue)} cell(s) not submitted: {write_problem(exc, store.root, '--output')}")
@@ -286,17 +307,112 @@ def _run_locked(store: Store, executor: Executor, sweep: Sweep, options: RunOpti
                 log(f"cell {s.cell.cell_id} ({s.cell.describe()}) FAILED: {one_line(fail.get('error'))} "
                     f"(log: {fail.get('log_path')})")
         now = time.monotonic()
-        if now - last_report > PROGRESS_EVERY_S or not (in_flight or queue):
+        if now - last_report > PROGRESS_EVERY_S or not (in_flight or queue or stage_flight):
             ended = summary.done + summary.failed + summary.cancelled
             log(f"progress: {ended}/{total} finished ({summary.done} done, {summary.failed} failed"
                 + (f", {summary.cancelled} cancelled" if summary.cancelled else "")
-                + f"), {len(in_flight)} in flight, {len(queue)} waiting")
+                + f"), {len(in_flight)} in flight, {len(queue)} waiting"
+                + (f", {len(stage_flight)} expert stage(s) running" if stage_flight else ""))
             last_report = now
-        if not (in_flight or queue):
+        if not (in_flight or queue or stage_flight):
             break
         time.sleep(options.poll_s)
     summary.statuses = store_status(store, query=False)
     return summary
+
+
+def _start_stages(store: Store, executor: Executor, sweep_name: str, todo: list[Work], recovery: Recovery,
+                  summary: RunSummary, log: Callable[[str], None]
+                  ) -> tuple[list[Submitted], dict[str, list[Work]], dict[str, list[str]], set[str]]:
+    """Submit (or re-attach) the expert stages the cells ``todo`` need and whose experts are
+    not all stored. Returns (stage jobs to follow, stage id -> cells that wait in the launcher
+    for it, cell id -> stage job ids its SLURM job depends on, cells held back because their
+    stage's submission could not be resolved)."""
+    stages, needs = stages_for(cell for cell, _ in todo)
+    flight: dict[str, Submitted] = {}
+    held: set[str] = set()
+    start: list[ExpertStage] = []
+    for st in stages:
+        if st.is_done(store.experts_root):
+            continue
+        if st.stage_id in recovery.held:
+            held.add(st.stage_id)
+            continue
+        info = store.read_job(st.stage_id)
+        running, state = is_active(store, info)
+        if running:
+            tracker = _tracker(store, info)
+            if executor.reattaches and tracker is not None:
+                flight[st.stage_id] = tracker.reattach_stage(st, info)  # type: ignore[arg-type]
+                summary.stages_reattached += 1
+                log(f"{st.describe()}: job {info['job_id']} already {state} (re-attached)")  # type: ignore[index]
+            else:
+                held.add(st.stage_id)
+                log(f"{st.describe()}: job {info['job_id']} of another launcher is {state}; its cells wait "  # type: ignore[index]
+                    f"for a run after it ended")
+            continue
+        store.clear_failure(st.stage_id)
+        start.append(st)
+    if start:
+        log(f"{len(start)} expert stage(s) to run: " + "; ".join(st.describe() for st in start))
+        for s in executor.submit_stages(sweep_name, start, log):
+            flight[s.track_id] = s
+        summary.stages_submitted += len(start)
+    blocked: dict[str, list[Work]] = {}
+    after: dict[str, list[str]] = {}
+    held_cells: set[str] = set()
+    for work in todo:
+        sid = needs.get(work[0].cell_id)
+        if sid is None:
+            continue
+        if sid in held:
+            held_cells.add(work[0].cell_id)
+        elif sid in flight:
+            if executor.dependencies:
+                after[work[0].cell_id] = [flight[sid].job_id]
+            else:
+                blocked.setdefault(sid, []).append(work)
+    if held_cells:
+        log(f"{len(held_cells)} cell(s) held back until their expert stage's job can be followed")
+    return list(flight.values()), blocked, after, held_cells
+
+
+def _settle_stage(store: Store, tracker: Executor, s: Submitted, waiting: list[Work], summary: RunSummary,
+                  log: Callable[[str], None]) -> list[Work]:
+    """Settle a stage's ended job; returns the cells that waited for it and may run now (none
+    when it failed: each gets a failure naming the stage)."""
+    stage = s.stage
+    assert stage is not None
+    try:
+        outcome = tracker.settle_stage(s)
+    except OSError as exc:
+        outcome = "failed"
+        log(f"{stage.describe()}: job {s.job_id} ended, its outcome cannot be written: "
+            f"{write_problem(exc, store.root, '--output')}")
+    if outcome == "done":
+        summary.stages_done += 1
+        log(f"{stage.describe()}: done (job {s.job_id})" + (f"; {len(waiting)} cell(s) can run" if waiting else ""))
+        return waiting
+    summary.stages_failed += 1
+    fail = store.read_failure(stage.stage_id) or {}
+    why = one_line(fail.get("error")) or outcome
+    log(f"{stage.describe()} {outcome.upper()} (job {s.job_id}): {why}"
+        + (f"; its {len(waiting)} waiting cell(s) fail" if waiting else
+           "; SLURM cancels the cells that depend on it" if tracker.dependencies else ""))
+    for cell, _ in waiting:
+        summary.failed += 1
+        try:
+            store.write_failure(cell.cell_id, f"its expert stage {stage.stage_id} ({stage.describe()}) {outcome}: "
+                                f"{why}; rerun the sweep to retry the stage", "", fail.get("log_path"), s.job_id)
+        except OSError:
+            pass
+    return []
+
+
+def stage_statuses(store: Store, cells: Iterable[Cell]) -> list[tuple[ExpertStage, str, Optional[dict]]]:
+    """(stage, done | partial | missing, its recorded job) of every expert stage ``cells`` need."""
+    stages, _ = stages_for(cells)
+    return [(st, st.status(store.experts_root), store.read_job(st.stage_id)) for st in stages]
 
 
 def one_line(text: Any) -> str:
@@ -356,4 +472,13 @@ def cancel_store(store: Store, log: Callable[[str], None] = log_line) -> list[st
         store.update_job_state(c["cell_id"], "CANCELLED_BY_USER")
         cancelled.append(job_id)
         log(f"cancelled job {job_id} of cell {c['cell_id']} (was {state})")
+    for path in sorted((store.root / "jobs").glob(f"{STAGE_PREFIX}*.json")):
+        info = store.read_job(path.stem)
+        active, state = is_active(store, info)
+        tracker = _tracker(store, info) if info else None
+        if not active or tracker is None or not tracker.cancel(info):  # type: ignore[arg-type]
+            continue
+        store.update_job_state(path.stem, "CANCELLED_BY_USER")
+        cancelled.append(str(info["job_id"]))  # type: ignore[index]
+        log(f"cancelled job {info['job_id']} of expert stage {path.stem} (was {state})")  # type: ignore[index]
     return cancelled

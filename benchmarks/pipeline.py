@@ -86,6 +86,7 @@ def run_condense(
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
     on_context: Optional[Callable[[RunContext], None]] = None,
+    experts_root: Optional[str | os.PathLike] = None,
 ) -> SyntheticSet:
     """Condense ``dataset`` with ``method_name`` (+ config ``overrides``) at ``ipc`` and ``seed``.
 
@@ -94,7 +95,11 @@ def run_condense(
     iterations and resuming from an existing file; the file is left in place after success
     (the caller decides when to delete it). ``cache_dir`` holds reusable tensors such as
     herding's feature network. ``on_context`` receives the live :class:`RunContext` before the
-    method starts (sweep jobs call its ``save_latest`` from the preemption handler). Raises
+    method starts (sweep jobs call its ``save_latest`` from the preemption handler).
+    ``experts_root`` is the folder holding ``experts/`` (default ``$CONDBENCH_EXPERTS`` or
+    ``.``): trajectory matching (MTT, DATM) gets its expert trajectories from there in
+    ``RunContext.resources`` (:func:`benchmarks.experts.resources_for`; missing ones are an
+    :class:`~benchmarks.experts.ExpertsError` naming the ``condbench experts`` command). Raises
     :class:`MethodError`, :class:`~benchmarks.data.DataError` or
     :class:`~benchmarks.storage.CheckpointError` for user-fixable problems."""
     logger = log or (lambda msg: _log.info("%s", msg))
@@ -115,8 +120,14 @@ def run_condense(
         fingerprint: Optional[str] = dataset_fingerprint(data.name)
     except UserError:  # a Dataset built in code: its name is no loadable dataset
         fingerprint = None
+    from benchmarks.experts import resources_for
+
+    if experts_root is None:
+        experts_root = os.environ.get("CONDBENCH_EXPERTS", ".")
+    resources = resources_for(method_name, data.train.name, ipc, overrides=overrides, experts_root=experts_root)
     context = RunContext(
         device=dev,
+        resources=resources,
         iterations=iterations,
         progress=progress,
         checkpoint=(FileCheckpointStore(checkpoint_path, dataset=fingerprint)

@@ -9,6 +9,8 @@ Layout (``analysis`` reads exactly this; see the record schema below)::
     <out>/synsets/<cell_id>.json            {"bytes", "sha256"} of that file, written right after it
     <out>/failures/<cell_id>.json           {"cell_id", "error", "traceback", "log_path", "job_id", "created"}
     <out>/jobs/<cell_id>.json               submitted job ids, executor, times (re-attach, no duplicates)
+    <out>/jobs/stage-<key>.json             the same for an expert stage (benchmarks.stages)
+    <out>/experts/<key>/                    expert trajectories (layout: benchmarks.experts)
     <out>/submitting/<token>.json           a SLURM array being submitted: job name + its cells in
                                             array order (closes the sbatch -> jobs/ window)
     <out>/checkpoints/<cell_id>.pt          loop state of a running condensation (resume after requeue)
@@ -129,6 +131,12 @@ class Store:
     @property
     def cache_dir(self) -> Path:
         return self.root / "cache"
+
+    @property
+    def experts_root(self) -> Path:
+        """The folder whose ``experts/`` holds the store's expert trajectories (the store
+        itself: ``<store>/experts/<key folder>/``, shared by every cell of the store)."""
+        return self.root
 
     def record_path(self, cell_id: str, arch: str) -> Path:
         return self.records_dir / f"{cell_id}__{arch_file_part(arch)}.json"

@@ -18,6 +18,10 @@ its log (stderr) and SLURM's state shows it (``benchmarks status``).
 The synthetic set is written with its size and SHA-256 (``synsets/<cell_id>.json``); a stored
 set that does not match them, or does not load, is recomputed (with a log line) and the cell
 re-evaluated on every architecture.
+
+Trajectory matching (MTT, DATM) reads its expert trajectories from the store's ``experts/``
+folder (:attr:`benchmarks.store.Store.experts_root`), which the sweep's expert stage filled
+before the cell started (:mod:`benchmarks.stages`).
 """
 
 from __future__ import annotations
@@ -173,7 +177,7 @@ def run_cell(
                 cell.method, dict(cell.overrides), dataset, cell.ipc, cell.seed, device=dev,
                 iterations=cell.iterations, checkpoint_path=store.checkpoint_path(cell.cell_id),
                 checkpoint_every=checkpoint_every, cache_dir=store.cache_dir, progress=progress,
-                log=_log, **extra,
+                log=_log, experts_root=store.experts_root, **extra,
             )
             atomic_write_bytes(path, synset.to_bytes())
             store.write_synset_digest(cell.cell_id)
