@@ -259,8 +259,8 @@ def _run_locked(store: Store, executor: Executor, sweep: Sweep, options: RunOpti
     stage_flight, blocked, after, held_cells = _start_stages(store, executor, sweep.name, todo, recovery, summary, log)
     summary.held += len(held_cells)
     queue = [w for w in todo if w[0].cell_id not in held_cells
-             and not any(w in ws for ws in blocked.values())]
-    total = len(in_flight) + len(queue) + sum(len(ws) for ws in blocked.values())
+             and (executor.dependencies or not any(w in ws for ws in blocked.values()))]
+    total = len(in_flight) + len(queue) + (0 if executor.dependencies else sum(len(ws) for ws in blocked.values()))
     last_report = 0.0
     while True:
         for st in list(stage_flight):
@@ -268,7 +268,10 @@ def _run_locked(store: Store, executor: Executor, sweep: Sweep, options: RunOpti
             if not tracker.finished(st):
                 continue
             stage_flight.remove(st)
-            queue += _settle_stage(store, tracker, st, blocked.pop(st.track_id, []), summary, log)
+            waiting = _settle_stage(store, tracker, st, blocked.pop(st.track_id, []), summary, log,
+                                    submitted=executor.dependencies)
+            if not executor.dependencies:
+                queue += waiting
         room = executor.capacity(in_flight)
         take = queue if room is None else queue[:room]
         if take:
@@ -325,9 +328,9 @@ def _start_stages(store: Store, executor: Executor, sweep_name: str, todo: list[
                   summary: RunSummary, log: Callable[[str], None]
                   ) -> tuple[list[Submitted], dict[str, list[Work]], dict[str, list[str]], set[str]]:
     """Submit (or re-attach) the expert stages the cells ``todo`` need and whose experts are
-    not all stored. Returns (stage jobs to follow, stage id -> cells that wait in the launcher
-    for it, cell id -> stage job ids its SLURM job depends on, cells held back because their
-    stage's submission could not be resolved)."""
+    not all stored. Returns (stage jobs to follow, stage id -> cells that wait for it (in the
+    launcher, or on SLURM through their dependency), cell id -> stage job ids its SLURM job
+    depends on, cells held back because their stage's submission could not be resolved)."""
     stages, needs = stages_for(cell for cell, _ in todo)
     flight: dict[str, Submitted] = {}
     held: set[str] = set()
@@ -368,19 +371,20 @@ def _start_stages(store: Store, executor: Executor, sweep_name: str, todo: list[
         if sid in held:
             held_cells.add(work[0].cell_id)
         elif sid in flight:
+            blocked.setdefault(sid, []).append(work)
             if executor.dependencies:
                 after[work[0].cell_id] = [flight[sid].job_id]
-            else:
-                blocked.setdefault(sid, []).append(work)
     if held_cells:
         log(f"{len(held_cells)} cell(s) held back until their expert stage's job can be followed")
     return list(flight.values()), blocked, after, held_cells
 
 
 def _settle_stage(store: Store, tracker: Executor, s: Submitted, waiting: list[Work], summary: RunSummary,
-                  log: Callable[[str], None]) -> list[Work]:
+                  log: Callable[[str], None], *, submitted: bool = False) -> list[Work]:
     """Settle a stage's ended job; returns the cells that waited for it and may run now (none
-    when it failed: each gets a failure naming the stage)."""
+    when it failed: each gets a failure naming the stage). ``submitted``: the waiting cells'
+    jobs were submitted with a dependency on the stage (SLURM, which cancels them when it
+    failed; they are counted when their jobs settle)."""
     stage = s.stage
     assert stage is not None
     try:
@@ -397,10 +401,11 @@ def _settle_stage(store: Store, tracker: Executor, s: Submitted, waiting: list[W
     fail = store.read_failure(stage.stage_id) or {}
     why = one_line(fail.get("error")) or outcome
     log(f"{stage.describe()} {outcome.upper()} (job {s.job_id}): {why}"
-        + (f"; its {len(waiting)} waiting cell(s) fail" if waiting else
-           "; SLURM cancels the cells that depend on it" if tracker.dependencies else ""))
+        + (f"; SLURM cancels the {len(waiting)} cell(s) that depend on it" if submitted and waiting else
+           f"; its {len(waiting)} waiting cell(s) fail" if waiting else ""))
     for cell, _ in waiting:
-        summary.failed += 1
+        if not submitted:
+            summary.failed += 1
         try:
             store.write_failure(cell.cell_id, f"its expert stage {stage.stage_id} ({stage.describe()}) {outcome}: "
                                 f"{why}; rerun the sweep to retry the stage", "", fail.get("log_path"), s.job_id)

@@ -110,3 +110,22 @@ def test_a_failed_stage_fails_its_waiting_cells_with_its_reason(tmp_path):
     failure = store.read_failure(mtt.cell_id)
     assert stage.stage_id in failure["error"] and "another key" in failure["error"]
     assert "another key" in store.read_failure(stage.stage_id)["error"]
+
+
+def test_condense_reads_experts_from_experts_root_and_names_the_command_when_missing(tmp_path, capsys):
+    from benchmarks.cli import EXIT_USER_ERROR, main
+
+    sets = ["model=ConvNetW32", "syn_steps=2", "expert_epochs=1", "max_start_epoch=1", "lr_img=100",
+            "lr_lr=0.00001", "lr_teacher=0.01", "zca=false", "num_experts=1", "expert_train_epochs=2"]
+    args = ["condense", "--method", "mtt", "--dataset", "digits", "--ipc", "1", "--iterations", "1", "--device",
+            "cpu", "--experts-root", str(tmp_path), "--out", str(tmp_path / "mtt.pt")]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    command = ("condbench experts --dataset digits --arch ConvNetW32 --num-experts 1 --epochs 2 --seed 0 "
+               f"--root {tmp_path}")
+    assert command in err and not (tmp_path / "mtt.pt").exists()
+    assert main(command.split()[1:] + ["--device", "cpu"]) == 0
+    assert main(args) == 0 and (tmp_path / "mtt.pt").is_file()
