@@ -5,7 +5,9 @@ The sweep runs on the bundled ``digits`` dataset with tiny budgets (IPC 1, one e
 network, ``eval_epochs`` 1, one condensation iteration, CAFE's loops capped at two passes):
 random selection, DC, CAFE and two CAFE variants (the registered ``cafe_dsa`` written as
 ``{method: cafe, dsa: true}``, and a free-label ablation), the whole dataset, evaluated on
-ConvNet and MLP (for the cross-architecture table). It checks that the registry metadata
+ConvNet and MLP (for the cross-architecture table), plus the same-protocol random baseline the
+sweep plans for CAFE+DSA (random selection evaluated with DSA; every other method here
+evaluates like random at one epoch), which the scores table pairs with it. It checks that the registry metadata
 travels through ``cells.json`` and the records into the tables: renaming a method's display
 name in the registry before the sweep renames its table row.
 """
@@ -22,6 +24,7 @@ import yaml
 from analysis.ablation import ablation_table
 from analysis.load import load_results
 from analysis.report import write_report
+from analysis.scores import scores_table
 from analysis.tables import build_table, cost_table, cross_table, main_table
 from benchmarks import sweep_cli
 from benchmarks.record import RECORD_SCHEMA_VERSION, WHOLE_INFO, Record
@@ -47,6 +50,7 @@ def _spec(tmp_path: Path) -> Path:
         "num_eval": 1,
         "budgets": {"eval_epochs": 1},
         "output": str(tmp_path / "out"),
+        "random_baseline": True,
     }
     path = tmp_path / "e2e.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
@@ -65,7 +69,7 @@ def store(tmp_path_factory) -> Path:
 
 def test_records_carry_the_registry_metadata(store):
     recs = [Record.from_json(json.loads(p.read_text())) for p in sorted((store / "records").glob("*.json"))]
-    assert len(recs) == 6 * 2 and {r.schema_version for r in recs} == {RECORD_SCHEMA_VERSION}
+    assert len(recs) == 7 * 2 and {r.schema_version for r in recs} == {RECORD_SCHEMA_VERSION}
     by_label = {(r.label, r.eval_arch): r for r in recs}
     dsa = by_label[("cafe_dsa", "ConvNet")]
     assert dsa.method == "cafe" and dsa.method_info["name"] == "cafe_dsa"  # resolved by the registry
@@ -74,6 +78,10 @@ def test_records_carry_the_registry_metadata(store):
     assert by_label[("w/o discrimination", "ConvNet")].variant_overrides == {"discrimination_weight": 0.0,
                                                                               "max_loop_steps": 2}
     assert by_label[("random", "ConvNet")].method_info["family"] == "coreset"
+    baseline = by_label[("random (plan of cafe_dsa)", "ConvNet")]
+    assert baseline.method == "random" and baseline.eval_plan["augmentation"].startswith("dsa:")
+    assert baseline.eval_plan["augmentation"] == dsa.eval_plan["augmentation"]
+    assert by_label[("random", "ConvNet")].eval_plan["augmentation"] == "none"
     whole = by_label[("whole dataset", "ConvNet")]
     assert whole.method_info == WHOLE_INFO and whole.labels == "hard"
     for r in recs:
@@ -90,11 +98,21 @@ def test_every_table_and_the_report_from_the_sweeps_store(store, tmp_path):
     main = main_table(res)
     # registry order: the methods as published (coreset, then gradient matching), then the
     # variants (every CAFE row here caps its loops: an override) by registry order, whole last
-    assert [r[0].text for r in main.rows] == ["Random", "DC", "CAFE", "w/o discrimination", "CAFE+DSA", "Whole dataset"]
-    assert main.data["n"].tolist() == [1] * 6
+    assert [r[0].text for r in main.rows] == ["Random", "random (plan of cafe_dsa)", "DC", "CAFE",
+                                              "w/o discrimination", "CAFE+DSA", "Whole dataset"]
+    assert main.data["n"].tolist() == [1] * 7
+    assert any(n.startswith("Protocol audit") and "augmentation" in n for n in main.notes)
+    scores = scores_table(res)
+    d = scores.data.set_index("method")
+    # CAFE+DSA against random with DSA, the others against plain random: both records exist
+    assert (d["IOR_n"] == 1).all() and (d["HLR_n"] == 1).all() and (d["LRS_n"] == 1).all()
+    cafe_dsa = d.loc["cafe_dsa"]
+    by = {(r["label"]): r["accuracy_mean"] for _, r in res.records[res.records["eval_arch"] == "ConvNet"].iterrows()}
+    assert cafe_dsa["IOR_mean"] == pytest.approx(by["cafe_dsa"] - by["random (plan of cafe_dsa)"])
     cross = cross_table(res)
     assert cross.header[4:] == ["ConvNet", "MLP"]
-    assert [r[2].text for r in cross.rows] == ["Random", "DC", "CAFE", "w/o discrimination", "CAFE+DSA"]
+    assert [r[2].text for r in cross.rows] == ["Random", "random (plan of cafe_dsa)", "DC", "CAFE",
+                                               "w/o discrimination", "CAFE+DSA"]
     abl = ablation_table(res)
     assert abl.caption.startswith("CAFE ablation")
     d = abl.data.set_index("variant")
@@ -104,19 +122,21 @@ def test_every_table_and_the_report_from_the_sweeps_store(store, tmp_path):
     assert not d.loc["w/o discrimination", "discrimination"] and d.loc["cafe_dsa", "dsa"]
     assert "max_loop_steps=2" in abl.notes[-1]
     cost = cost_table(res)
-    assert list(cost.data["method"]) == ["random", "dc", "cafe", "w/o discrimination", "cafe_dsa", "whole dataset"]
-    for kind in ("main", "cross", "ablation", "cost"):
+    assert list(cost.data["method"]) == ["random", "random (plan of cafe_dsa)", "dc", "cafe", "w/o discrimination",
+                                         "cafe_dsa", "whole dataset"]
+    for kind in ("main", "cross", "ablation", "cost", "scores"):
         for fmt in ("md", "latex", "csv"):
             assert build_table(kind, res).render(fmt).strip()
     summary = write_report([store], tmp_path / "report", results=res)
     text = summary.report.read_text()
-    for section in ("## Main table", "## Cross-architecture", "## CAFE ablation", "## Cost"):
+    for section in ("## Main table", "## Scores", "## Cross-architecture", "## CAFE ablation", "## Cost"):
         assert section in text
     # digits has no published numbers; every other table was written
     assert [s for s in summary.skipped if s.startswith(("table", "ablation", "cross"))] == [
         "table main_published: no published number matches these datasets/IPCs/methods"]
-    for name in ("main", "cross", "ablation", "cost"):
+    for name in ("main", "scores", "cross", "ablation", "cost"):
         assert (tmp_path / "report" / "tables" / f"{name}.tex").stat().st_size > 0
+    assert (tmp_path / "report" / "figures" / "gain_over_random.png").stat().st_size > 0
 
 
 def test_renaming_a_display_name_in_the_registry_renames_the_table_row(tmp_path, monkeypatch):
