@@ -340,3 +340,45 @@ def test_mtt_cell_waits_afterok_for_its_expert_stage_job(tmp_path):
     again = cli("run", str(spec), "--executor", "slurm", "--poll", "1")
     assert again.returncode == 0 and "expert stage" not in again.stdout, again.stdout
     assert job_infos(out)[stage_name]["job_id"] == stage_id
+
+
+def test_killed_launcher_and_preempted_expert_stage_train_no_expert_twice(tmp_path):
+    # Three experts of 20 epochs: the launcher is killed and the stage's job preempted (USR2, as
+    # before a time limit) once expert 0 is stored; the next launcher re-attaches both jobs.
+    mtt = {"method": "mtt", "model": "ConvNetW32", "syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 1,
+           "lr_img": 100.0, "lr_lr": 1e-5, "lr_teacher": 0.01, "zca": False, "num_experts": 3,
+           "expert_train_epochs": 20, "budgets": {"iterations": 2, "eval_epochs": 1}}
+    spec = write_spec(tmp_path, "preempt", [mtt], ipcs=[1])
+    out = tmp_path / "out"
+    launcher = subprocess.Popen([sys.executable, "-m", "benchmarks.sweep_cli", "run", str(spec), "--executor",
+                                 "slurm", "--poll", "1"], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    try:
+        infos = wait_for(lambda: (i := job_infos(out)) and len(i) == 2 and i, 60, "the stage and the cell submitted")
+        (stage_name,) = [n for n in infos if n.startswith("stage-")]
+        folder = out / "experts" / stage_name[len("stage-"):]
+        wait_for((folder / "expert_0.pt").is_file, 240, "expert 0 to be stored")
+    finally:
+        launcher.send_signal(signal.SIGKILL)
+        launcher.communicate()
+    first = (folder / "expert_0.pt").stat().st_mtime_ns
+    stage_id = infos[stage_name]["job_id"]
+    assert not (folder / "expert_2.pt").exists(), "the stage finished before the preemption; nothing was tested"
+    subprocess.run(["scancel", "--signal=USR2", stage_id], check=True)
+
+    again = cli("run", str(spec), "--executor", "slurm", "--poll", "1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "expert stage(s) to run" not in again.stdout and "re-attached" in again.stdout, again.stdout
+    after = job_infos(out)
+    assert {n: i["job_id"] for n, i in after.items()} == {n: i["job_id"] for n, i in infos.items()}
+    assert all(not i["history"] for i in after.values())
+    assert (folder / "expert_0.pt").stat().st_mtime_ns == first  # expert 0 was not trained again
+    assert sorted(p.name for p in folder.glob("expert_*.pt")) == ["expert_0.pt", "expert_1.pt", "expert_2.pt"]
+    assert not list(folder.glob("*.partial.pt"))
+    log = Path(infos[stage_name]["log_path"]).read_text()
+    assert log.count("expert 0: training") == 1 and "already there [0" in log, log[-3000:]
+    (rec,) = records(out)
+    assert rec["status"] == "done"
+    states = wait_for(lambda: (s := sacct_states([stage_id])[stage_id]) and s[-1] == "COMPLETED" and s, 30,
+                      "sacct to report the requeued stage COMPLETED")
+    assert "REQUEUED" in states or "PREEMPTED" in states or len(states) > 1, states
