@@ -66,6 +66,9 @@ class RunContext:
       trained feature network of herding/k-center) across runs; default computes every time.
     * ``log``: a callable for one-line progress messages.
     * ``stop_after``: raise :class:`StopRequested` after this many iterations (tests).
+    * ``compile``: compile mode of the method's single-backward hot paths (``'auto'``, ``'on'``,
+      ``'off'``; :mod:`methods.compile`). ``'off'`` (the default here) runs the eager code, whose
+      results are bit-identical to the uncompiled suite; the CLIs and sweeps default to ``'auto'``.
     * ``resources``: artefacts of an earlier, shared stage that a method needs, by name (e.g.
       ``"expert_trajectories"`` for trajectory matching); the caller loads them, a method reads
       them with :meth:`resource`, which names the missing stage in its error.
@@ -79,6 +82,7 @@ class RunContext:
     cache: Optional[Callable[[str, Callable[[], dict]], dict]] = None
     log: Callable[[str], None] = lambda msg: None
     stop_after: Optional[int] = None
+    compile: str = "off"
     resources: dict[str, Any] = field(default_factory=dict)
     _latest: Optional[dict[str, Any]] = field(default=None, repr=False)
     _done_in_this_run: int = field(default=0, repr=False)
