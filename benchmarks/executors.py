@@ -16,6 +16,15 @@ Registered executors:
 * ``debug`` (:class:`DebugExecutor`) -- in this process, one cell after the other (breakpoints
   work); leaves jobs of other launchers alone.
 
+Expert stages (:mod:`benchmarks.stages`) go through the same executors: ``submit_stages`` starts
+one job per stage (:class:`benchmarks.stages.ExpertStageJob`; on SLURM one array of them, under a
+``submitting/`` note like cells) and records it in ``jobs/stage-<key>.json``; ``settle_stage``
+says whether it stored every expert. Only ``slurm`` has :attr:`Executor.dependencies`: its
+``submit`` takes ``after`` (cell id -> job ids) and gives those cells
+``--dependency=afterok:<ids>`` and ``--kill-on-invalid-dep=yes`` (cells with different
+dependencies go to different arrays); for the others the launcher starts a cell once its stage
+has finished.
+
 **No duplicates on SLURM**: before ``sbatch`` runs, the array's unique job name and its cells are
 written to ``submitting/<token>.json``; every submission is written to ``jobs/<cell_id>.json``
 right after ``sbatch`` returns, and the ``submitting`` file is then removed. A launcher killed

@@ -129,3 +129,21 @@ def test_condense_reads_experts_from_experts_root_and_names_the_command_when_mis
     assert command in err and not (tmp_path / "mtt.pt").exists()
     assert main(command.split()[1:] + ["--device", "cpu"]) == 0
     assert main(args) == 0 and (tmp_path / "mtt.pt").is_file()
+
+
+def test_local_executor_starts_the_cell_after_its_stage_process_ended(tmp_path):
+    sweep = _sweep(tmp_path, [dict(MTT, lr_img=100.0, label="mtt a")])
+    store = Store(sweep.output)
+    lines: list[str] = []
+    summary = run_sweep(sweep, RunOptions(executor="local", device="cpu", poll_s=0.2), log=lines.append)
+    assert (summary.stages_submitted, summary.stages_done, summary.done, summary.failed) == (1, 1, 1, 0), lines
+    [stage] = stages_for(sweep.cells)[0]
+    [cell] = sweep.cells
+    stage_info, cell_info = store.read_job(stage.stage_id), store.read_job(cell.cell_id)
+    assert stage_info["executor"] == cell_info["executor"] == "local"
+    assert stage_info["job_id"] != cell_info["job_id"]
+    # the cell's process was started only after the stage had stored every expert
+    experts_done = max(p.stat().st_mtime for p in stage.folder(store.experts_root).glob("expert_*.pt"))
+    from datetime import datetime
+
+    assert datetime.fromisoformat(cell_info["submitted"]).timestamp() >= experts_done - 1  # ISO: whole seconds
