@@ -25,7 +25,7 @@ The student is a functional network: one flat parameter vector through
 explicit. Networks with batch norm are refused (their running statistics are state outside the
 flat vector); the paper's ConvNet uses instance norm.
 
-``memory_constant=True`` (TESLA, Cui et al. 2023, §3 "Memory-constant unrolled gradient")
+``memory_constant=True`` (TESLA, Cui et al. 2023, §3)
 computes the *same* gradient with memory independent of ``syn_steps``: the forward pass keeps
 only the student's parameter vectors (no activations), then a reverse sweep recomputes one step
 at a time and propagates the adjoint ``lambda_i = dL/dtheta_i``::
