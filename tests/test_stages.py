@@ -147,3 +147,41 @@ def test_local_executor_starts_the_cell_after_its_stage_process_ended(tmp_path):
     from datetime import datetime
 
     assert datetime.fromisoformat(cell_info["submitted"]).timestamp() >= experts_done - 1  # ISO: whole seconds
+
+
+def test_cancel_stops_a_running_stage_job(tmp_path):
+    import subprocess
+    import sys
+
+    from benchmarks.launcher import cancel_store
+
+    sweep = _sweep(tmp_path, [dict(MTT, lr_img=100.0, label="mtt a")])
+    store = Store(sweep.output)
+    store.init(sweep.name, "", [c.to_json() for c in sweep.cells])
+    [stage] = stages_for(sweep.cells)[0]
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store.write_job(stage.stage_id, job_id=str(proc.pid), executor="local", archs=[])
+        assert cancel_store(store, log=lambda msg: None) == [str(proc.pid)]
+        assert proc.wait(timeout=20) != 0
+        assert store.read_job(stage.stage_id)["state"] == "CANCELLED_BY_USER"
+    finally:
+        proc.kill()
+
+
+def test_slurm_cells_of_a_stage_get_afterok_and_kill_on_invalid_dep(tmp_path):
+    # the sbatch lines submitit writes (no cluster needed; the real submission is in
+    # tests/test_slurm_integration.py)
+    from benchmarks.executors import SlurmExecutor, sbatch_preview
+    from benchmarks.profile import load_profile
+
+    sweep = _sweep(tmp_path, _methods())
+    store = Store(sweep.output)
+    slurm = SlurmExecutor(store, RunOptions(executor="slurm", profile=load_profile("cpu")))
+    mtt_a, mtt_b, rand = sorted(sweep.cells, key=lambda c: c.label)
+    after = {mtt_a.cell_id: ["41"], mtt_b.cell_id: ["41"]}
+    groups = slurm.arrays("s", [(c, list(c.eval_archs)) for c in (mtt_a, mtt_b, rand)], after)
+    assert sorted(sorted(c.label for c, _ in g) for g in groups) == [["mtt a", "mtt b"], ["random"]]
+    lines = sbatch_preview(slurm.cell_parameters(mtt_a, "x", ["41"]), store.logs_dir)
+    assert "#SBATCH --dependency=afterok:41" in lines and "#SBATCH --kill-on-invalid-dep=yes" in lines
+    assert not any("dependency" in ln for ln in sbatch_preview(slurm.cell_parameters(rand, "x"), store.logs_dir))
