@@ -30,7 +30,9 @@ from typing import Any, Iterable, Mapping, Optional
 
 from submitit.helpers import Checkpointable
 
+from benchmarks import UserError
 from benchmarks.cells import Cell
+from methods.errors import MethodError
 from methods.trajectories import TrajectoryKey
 
 STAGE_PREFIX = "stage-"
@@ -103,14 +105,19 @@ class ExpertStage:
 
 def stage_of(cell: Cell) -> Optional[ExpertStage]:
     """The expert stage ``cell`` needs (None: its method needs none). The key is the one the
-    method's config derives for the cell's dataset and IPC (:meth:`methods.mtt.MTTConfig.trajectory_key`)."""
+    method's config derives for the cell's dataset and IPC (:meth:`methods.mtt.MTTConfig.trajectory_key`);
+    a cell whose config cannot derive one (an IPC the table lacks) needs none here, and its job
+    fails with the config's one-line message."""
     if cell.is_whole or cell.ipc is None:
         return None
     from benchmarks.data import canonical_dataset_name
     from benchmarks.experts import experts_needed
 
-    need = experts_needed(cell.method, canonical_dataset_name(cell.dataset), int(cell.ipc),
-                          overrides=dict(cell.overrides))
+    try:
+        need = experts_needed(cell.method, canonical_dataset_name(cell.dataset), int(cell.ipc),
+                              overrides=dict(cell.overrides))
+    except (MethodError, UserError):  # e.g. an IPC the hyperparameter table lacks: the cell's own job says so
+        return None
     return None if need is None else ExpertStage(key=need[0], num_experts=int(need[1]))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.cells import Cell
 from benchmarks.launcher import run_sweep, stage_statuses
 from benchmarks.run_options import RunOptions
 from benchmarks.stages import ExpertStage, ExpertStageJob, stage_of, stages_for
@@ -184,3 +185,10 @@ def test_slurm_cells_of_a_stage_get_afterok_and_kill_on_invalid_dep(tmp_path):
     lines = sbatch_preview(slurm.cell_parameters(mtt_a, "x", ["41"]), store.logs_dir)
     assert "#SBATCH --dependency=afterok:41" in lines and "#SBATCH --kill-on-invalid-dep=yes" in lines
     assert not any("dependency" in ln for ln in sbatch_preview(slurm.cell_parameters(rand, "x"), store.logs_dir))
+
+
+def test_a_cell_whose_config_has_no_key_needs_no_stage():
+    cell = Cell(cell_id="x", dataset="cifar10", ipc=20, method="mtt", label="mtt", overrides={}, seed=0,
+                eval_archs=("ConvNet",), num_eval=1, eval_epochs=1, iterations=1, train_arch=None)
+    assert stage_of(cell) is None  # cifar10 IPC 20 is not in MTT's table: the cell's job reports it
+    assert stages_for([cell]) == ([], {})
