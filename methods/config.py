@@ -38,7 +38,7 @@ def _check_type(value: Any, annotation: Any) -> bool:
     if origin is typing.Literal:
         return value in args
     if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)) or _float_text(value) is not None
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation is bool:
@@ -77,6 +77,8 @@ def _coerce(value: Any, annotation: Any) -> Any:
         return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        return _float_text(value)
     if origin is tuple and isinstance(value, list):
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0]) for v in value)
@@ -105,7 +107,31 @@ def config_problems(config_cls: type, overrides: Mapping[str, Any]) -> list[str]
     return problems
 
 
+def _float_text(value: Any) -> Any:
+    """``value`` as a float when it is text YAML left unparsed (``1e-5``: YAML 1.1 wants a dot),
+    else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+_NAMES = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+
+
 def _type_name(annotation: Any) -> str:
+    """How messages name a type: ``Optional[float]`` -> 'a number or null'."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if annotation in _NAMES:
+        return _NAMES[annotation]
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 

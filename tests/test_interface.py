@@ -90,7 +90,7 @@ def test_config_overrides_are_validated_and_coerced():
     problems = config_problems(_Cfg, {"lr": "fast", "steps": 2.5, "mode": "c", "bogus": 1, "steps2": 0})
     text = "\n".join(problems)
     assert len(problems) == 5
-    assert "'lr' must be float" in text and "'mode'" in text and "unknown config key 'bogus'" in text
+    assert "'lr' must be a number" in text and "'mode'" in text and "unknown config key 'bogus'" in text
     with pytest.raises(MethodError):
         build_config(_Cfg, {"steps": True})  # bool is not an int here
 

@@ -121,7 +121,7 @@ def test_plan_problems_lists_every_problem_at_once():
     problems = plan_problems({"foo": 1, "lr": "fast", "optimizer": "rmsprop"})
     assert len(problems) == 3
     assert problems[0].startswith("unknown eval plan key 'foo'; valid keys: ") and "val_fraction" in problems[0]
-    assert "'lr' must be float" in problems[1] and "'optimizer' must be" in problems[2]
+    assert "'lr' must be a number" in problems[1] and "'optimizer' must be" in problems[2]
     values = plan_problems({"lr": -1, "val_fraction": 1.5, "augmentation": "dsa:spin+cutmix", "batch_size": 0})
     assert any("lr must be a positive number" in p for p in values)
     assert any("val_fraction must be in (0, 1)" in p for p in values)

@@ -27,6 +27,9 @@ def spec(tmp_path: Path, **changes) -> dict:
         "num_eval": 1,
         "budgets": {"iterations": 3, "eval_epochs": 2},
         "output": str(tmp_path / "out"),
+        # these tests count and id the cells the spec names; the same-protocol random baselines
+        # a sweep adds by default are tested in tests/test_scores.py
+        "random_baseline": False,
     }
     base.update(changes)
     return {k: v for k, v in base.items() if v is not None}
@@ -130,7 +133,11 @@ def test_shipped_sweeps_validate(tmp_path):
     assert {c.ipc for c in paper.cells} == {1, 10, 50, None}
     # the papers average 5 synthetic sets x 20 networks: one cell per seed, 5 seeds
     assert {c.seed for c in paper.cells} == {0, 1, 2, 3, 4} and {c.num_eval for c in paper.cells} == {20}
-    assert len(paper.cells) == (5 * 3 * 8 + 5) * 5
+    named = [c for c in paper.cells if not c.eval]  # the cells the spec names ...
+    baselines = [c for c in paper.cells if c.eval]  # ... and the same-protocol random cells it adds
+    assert len(named) == (5 * 3 * 8 + 5) * 5
+    assert baselines and {c.method for c in baselines} == {"random"}
+    assert len({c.cell_id for c in paper.cells}) == len(paper.cells)
     for name in ("cross_arch", "cafe_ablation"):
         assert {c.seed for c in load_sweep(name, output=tmp_path / name, check_data=False).cells} == {0, 1, 2, 3, 4}
     ablation = load_sweep("cafe_ablation", output=tmp_path / "a", check_data=False)
@@ -146,7 +153,7 @@ BAD_SPECS = [
     ("unknown method", {"methods": ["random", "dcc"]}, "methods[1].method", "unknown method 'dcc'"),
     ("unknown override key", {"methods": [{"method": "cafe", "discrimination_wieght": 0}]},
      "methods[0].discrimination_wieght", "unknown config key"),
-    ("wrong override type", {"methods": [{"method": "dm", "lr_img": "fast"}]}, "methods[0].lr_img", "must be float"),
+    ("wrong override type", {"methods": [{"method": "dm", "lr_img": "fast"}]}, "methods[0].lr_img", "must be a number"),
     ("unknown eval architecture", {"eval_archs": ["ConvNet", "ResNet9000"]}, "eval_archs[1]", "unknown architecture"),
     ("unknown train architecture", {"train_arch": "Transformer"}, "train_arch", "unknown architecture"),
     ("impossible ipc", {"ipcs": [1, 500]}, "ipcs[1]", "IPC 500 is impossible"),
