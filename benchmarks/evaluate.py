@@ -259,6 +259,8 @@ def _evaluate(
     zca: Optional[ZCA] = None,
     validation: Optional[tuple[Tensor, Tensor]] = None,
     teacher: Optional[tuple[Teacher, Any]] = None,
+    compile: str = "off",
+    workers: int = 1,
 ) -> EvalResult:
     """Train ``num_eval`` networks on (``images``, ``labels``) with ``plan``; ``zca`` whitens
     the test (and validation) images, whose training images are already in that space.
@@ -280,13 +282,14 @@ def _evaluate(
     if teacher is not None and teacher[1].per_view:
         runs = _train_per_view(x, y, tx, ty, arch, teacher[0], dataset=dataset, num_eval=int(num_eval), plan=plan,
                                seed=seed, device=device, bf16=bf16, channels_last=channels_last,
-                               validation=validation, zca=zca)
+                               validation=validation, zca=zca, compile=compile)
     else:
         runs = train_networks(
             x, y, tx, ty, arch, net_indices=range(int(num_eval)), num_classes=dataset.num_classes,
             channel=dataset.channel, im_size=dataset.im_size, epochs=plan.epochs, seed=seed,
             augmentation=plan.augmentations, device=device, progress=progress, desc=desc,
             vectorize=vectorize, bf16=bf16, channels_last=channels_last, plan=plan, validation=validation,
+            compile=compile, workers=workers,
         )
     figures = meter.figures()
     plan_dict = plan.to_dict()
@@ -316,7 +319,7 @@ def _evaluate(
 def _train_per_view(x: Tensor, y: Tensor, tx: Tensor, ty: Tensor, arch: str, teacher: Teacher, *,
                     dataset: Dataset, num_eval: int, plan: ResolvedPlan, seed: int, device: torch.device,
                     bf16: bool, channels_last: bool, validation: Optional[tuple[Tensor, Tensor]],
-                    zca: Optional[ZCA]) -> list[NetworkResult]:
+                    zca: Optional[ZCA], compile: str = "off") -> list[NetworkResult]:
     """The networks of a per-view teacher plan, one after the other: every augmented batch is
     labelled by the teacher (in pixel space: a ZCA set's batch is unwhitened for it)."""
     p = plan.plan
@@ -331,6 +334,7 @@ def _train_per_view(x: Tensor, y: Tensor, tx: Tensor, ty: Tensor, arch: str, tea
             epochs=plan.epochs, seed=seed, net_index=i, augment=views.augment_fn, device=device, bf16=bf16,
             channels_last=channels_last, schedule=schedule, momentum=p.momentum, weight_decay=p.weight_decay,
             batch_size=p.batch_size, optimizer=p.optimizer, loss_fn=views.loss_fn, validation=validation,
+            compile=compile,
         ))
     return out
 
@@ -379,6 +383,8 @@ def evaluate_synset(
     channels_last: bool = False,
     teacher: Optional[Teacher] = None,
     cache: Optional[Cache] = None,
+    compile: str = "off",
+    workers: int = 1,
 ) -> EvalResult:
     """Evaluate ``synset`` on ``num_eval`` fresh ``arch`` networks with its plan (module doc).
 
@@ -386,8 +392,10 @@ def evaluate_synset(
     (validated: :func:`methods.protocol.plan_problems`); an explicit ``epochs`` wins over
     both. ``labels: teacher`` in them relabels the set with a teacher (``teacher``, or one
     trained for ``dataset`` and kept in ``cache``, default this process's memory; see
-    :mod:`benchmarks.teacher`). ``device`` defaults to the dataset's device. Raises
-    :class:`EvaluationError`."""
+    :mod:`benchmarks.teacher`). ``device`` defaults to the dataset's device. ``compile``
+    (``auto``/``on``/``off``, :mod:`methods.compile`) and ``workers`` (evaluation networks in
+    that many processes, :mod:`benchmarks.workers`) change speed, not results beyond float
+    rounding; ``off`` and 1 are the plain sequential code. Raises :class:`EvaluationError`."""
     arch = canonical_network_name(arch)
     _check_compatible(synset, dataset)
     overrides, spec, problems = split_overrides(plan_overrides)
@@ -413,6 +421,7 @@ def evaluate_synset(
         synset.images, labels, dataset, arch, num_eval=num_eval, plan=plan, seed=seed, device=device,
         progress=progress, desc=f"eval {synset.method} on {arch}", vectorize=vectorize, bf16=bf16,
         channels_last=channels_last, zca=zca, validation=validation, teacher=with_teacher,
+        compile=compile, workers=workers,
     )
 
 
@@ -429,6 +438,8 @@ def evaluate_whole_dataset(
     vectorize: Literal["auto", "sequential", "vectorized"] = "auto",
     bf16: bool = False,
     channels_last: bool = False,
+    compile: str = "off",
+    workers: int = 1,
 ) -> EvalResult:
     """The "whole dataset" baseline: the same protocol trained on the full training set.
 
@@ -453,5 +464,5 @@ def evaluate_whole_dataset(
     return _evaluate(
         images, labels, dataset, arch, num_eval=num_eval, plan=plan, seed=seed, device=device,
         progress=progress, desc=f"whole {dataset.name} on {arch}", vectorize=vectorize, bf16=bf16,
-        channels_last=channels_last, zca=zca, validation=validation,
+        channels_last=channels_last, zca=zca, validation=validation, compile=compile, workers=workers,
     )
