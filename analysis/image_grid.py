@@ -7,6 +7,7 @@ below. Reading a set needs torch (``methods.synset.SyntheticSet.load``, imported
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -22,6 +23,10 @@ TILE_IN = 0.16
 """Printed size of one image at IPC >= 3 (10 images per class: 1.6 in per panel)."""
 TILE_IN_LARGE = 0.3
 """Printed size of one image at IPC 1 and 2."""
+MIN_PANEL_IN = 0.6
+"""Narrowest panel (its title wraps to this width)."""
+TITLE_CHAR_IN = 0.055
+"""Width of one 7 pt title character, for wrapping."""
 from analysis.load import WHOLE, AnalysisError, Results
 from analysis.tables import LabelInfo
 
@@ -136,7 +141,9 @@ def image_grid(
 ) -> Figure:
     """Synthetic images, one panel per method (lowest seed), one row per class (class names
     where known, on every panel), at most ``max_ipc`` columns; panels wrap into rows so the
-    figure is at most :data:`TEXT_WIDTH_IN` wide (a page's text width). Images are de-normalised with the set's own
+    figure is at most :data:`TEXT_WIDTH_IN` wide (a page's text width), titles wrap to their
+    panel, and a set of a method already shown (its same images evaluated under another plan)
+    is not repeated. Images are de-normalised with the set's own
     mean/std and clamped to [0, 1]. Defaults to the first dataset and the largest IPC <= 10."""
     choices = synset_choices(results)
     if choices.empty:
@@ -159,12 +166,19 @@ def image_grid(
     lm = LabelInfo(choices)
     order = lm.ordered()
     panels = []
+    shown: list[tuple[str, Any, Any]] = []
     for lab in order:
         path = choices.loc[choices["label"] == lab, "synset_path"].iloc[0]
         try:
             syn = _load_synset(path)
         except Exception as exc:  # unreadable or foreign file: say which, skip it
             raise AnalysisError(f"cannot read synthetic set {path}: {exc}") from exc
+        # the same method's same set evaluated under another plan (a same-protocol random
+        # baseline, a method without its augmentation) is one panel, the first in row order
+        if any(m == lm[lab] and x.shape == syn.images.shape and bool((x == syn.images).all())
+               and bool((y == syn.labels).all()) for m, x, y in shown):
+            continue
+        shown.append((lm[lab], syn.images, syn.labels))
         mosaic, rows = image_grid_array(syn.images, syn.labels, syn.num_classes, syn.mean, syn.std, max_ipc=max_ipc, max_classes=max_classes)
         names = _class_names(d, syn.num_classes, syn.class_names)
         h = int(syn.images.shape[2])
@@ -175,9 +189,11 @@ def image_grid(
         tiles = max(round(cols / (h + 1)) for _l, _m, _n, h in panels) or 1
         tile_in = TILE_IN_LARGE if tiles <= 2 else TILE_IN
         label_in = 0.12 + 0.045 * max(len(n) for p in panels for n in p[2])  # 6 pt text
-        panel_in = tile_in * tiles
+        panel_in = max(tile_in * tiles, MIN_PANEL_IN)
+        title_chars = max(8, int(panel_in / TITLE_CHAR_IN))
         per_row = max(1, min(len(panels), int(TEXT_WIDTH_IN // (panel_in + label_in + 0.08))))
         n_rows = -(-len(panels) // per_row)
+        per_row = -(-len(panels) // n_rows)  # balanced rows (7 panels: 4 + 3, not 6 + 1)
         fig_w = min(TEXT_WIDTH_IN, max(COLUMN_WIDTH_IN, per_row * (panel_in + label_in + 0.08)))
         fig_h = 0.3 + n_rows * (tile_in * ncls + 0.28)
         fig, axes = plt.subplots(
@@ -200,7 +216,7 @@ def image_grid(
             ax.tick_params(length=0, pad=1.5)
             for side in ("top", "right", "left", "bottom"):
                 ax.spines[side].set_visible(False)
-            ax.set_title(lm.display[lab], fontsize=7)
+            ax.set_title(textwrap.fill(lm.display[lab], title_chars), fontsize=7)
             ax._condbench_mosaic = mosaic  # the exact array shown, for tests
         fig.suptitle(f"{results.dataset_display(d)}, {ipc} image{'s' if ipc != 1 else ''} per class", fontsize=8)
     return fig
