@@ -231,7 +231,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         data_root=args.data_root, device=args.device, download=args.download,
         iterations=args.iterations, checkpoint_path=args.checkpoint,
         checkpoint_every=args.checkpoint_every, cache_dir=args.cache_dir,
-        progress=args.progress, log=log.info, experts_root=args.experts_root,
+        progress=args.progress, log=log.info, experts_root=args.experts_root, compile=args.compile,
     )
     write_output(synset.to_bytes(), out, "synthetic set")
     print(f"wrote {out}  ({synset.method}, {synset.dataset}, IPC {synset.ipc}, {len(synset)} images, "
@@ -282,7 +282,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            download=args.download)
     results = [
         evaluate_synset(synset, dataset, arch, num_eval=args.num_eval, epochs=args.epochs,
-                        plan_overrides=plan_overrides, seed=args.seed, device=device, progress=args.progress)
+                        plan_overrides=plan_overrides, seed=args.seed, device=device, progress=args.progress,
+                        compile=args.compile, workers=_workers(args.workers, device))
         for arch in archs
     ]
     print(f"{synset.method} on {dataset.name}, IPC {synset.ipc} (synthetic-set seed {synset.seed})")
@@ -352,7 +353,8 @@ def cmd_whole(args: argparse.Namespace) -> int:
     results = [
         evaluate_whole_dataset(dataset, arch, num_eval=args.num_eval, epochs=args.epochs,
                                plan_overrides=plan_overrides, seed=args.seed, device=device,
-                               progress=args.progress)
+                               progress=args.progress, compile=args.compile,
+                               workers=_workers(args.workers, device))
         for arch in archs
     ]
     print(f"whole training set of {dataset.name} ({len(dataset.train)} images)")
@@ -425,6 +427,22 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="show tqdm progress bars (default: when stderr is a terminal)")
 
 
+def _add_speed_options(p: argparse.ArgumentParser, *, workers: bool) -> None:
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the single-backward hot paths: auto (when the expected work pays for "
+                        "the compile, README Performance), on, off (plain eager code)")
+    if workers:
+        p.add_argument("--workers", type=_positive, default=None,
+                       help="train the evaluation networks in N processes, threads split between them "
+                            "(default: the usable cores on CPU, 1 on CUDA)")
+
+
+def _workers(requested: Optional[int], device: Any) -> int:
+    from benchmarks.workers import default_workers
+
+    return int(requested) if requested is not None else default_workers(device)
+
+
 def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-set", action="append", metavar="KEY=VALUE",
                    help="override one field of the evaluation plan (repeatable, YAML value), "
@@ -463,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experts-root", default=os.environ.get("CONDBENCH_EXPERTS", "."),
                    help="folder holding experts/ (expert trajectories of MTT/DATM, written by `condbench "
                         "experts`; default: $CONDBENCH_EXPERTS or .)")
+    _add_speed_options(p, workers=False)
     _add_common(p)
     p.set_defaults(func=cmd_condense)
 
@@ -480,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on a --dataset other than the one the set was condensed from")
     p.add_argument("--json", help="JSON record path (default: next to SYNSET, *.eval.json)")
     _add_plan_options(p)
+    _add_speed_options(p, workers=True)
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -495,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the networks (0)")
     p.add_argument("--json", help="write a JSON record here")
     _add_plan_options(p)
+    _add_speed_options(p, workers=True)
     _add_common(p)
     p.set_defaults(func=cmd_whole)
 

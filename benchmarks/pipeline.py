@@ -86,6 +86,7 @@ def run_condense(
     progress: bool = False,
     log: Optional[Callable[[str], None]] = None,
     on_context: Optional[Callable[[RunContext], None]] = None,
+    compile: str = "off",
     experts_root: Optional[str | os.PathLike] = None,
 ) -> SyntheticSet:
     """Condense ``dataset`` with ``method_name`` (+ config ``overrides``) at ``ipc`` and ``seed``.
@@ -94,7 +95,8 @@ def run_condense(
     ``device``). ``checkpoint_path`` enables periodic state saves every ``checkpoint_every``
     iterations and resuming from an existing file; the file is left in place after success
     (the caller decides when to delete it). ``cache_dir`` holds reusable tensors such as
-    herding's feature network. ``on_context`` receives the live :class:`RunContext` before the
+    herding's feature network. ``compile`` (``auto``/``on``/``off``, :mod:`methods.compile`)
+    is the mode of the method's compiled hot paths (CAFE, DM). ``on_context`` receives the live :class:`RunContext` before the
     method starts (sweep jobs call its ``save_latest`` from the preemption handler).
     ``experts_root`` is the folder holding ``experts/`` (default ``$CONDBENCH_EXPERTS`` or
     ``.``): trajectory matching (MTT, DATM) gets its expert trajectories from there in
@@ -135,6 +137,7 @@ def run_condense(
         checkpoint_every=checkpoint_every,
         cache=disk_cache(cache_dir) if cache_dir is not None else None,
         log=logger,
+        compile=compile,
     )
     if on_context is not None:  # e.g. a sweep job keeping it to save state on a preemption signal
         on_context(context)
