@@ -483,6 +483,7 @@ def _build(
     device: torch.device,
     source: str,
     num_classes: Optional[int] = None,
+    flip_preserves_label: Optional[bool] = None,
 ) -> Dataset:
     """Normalise float [0,1] NCHW images with mean/std, move to device, wrap in Dataset.
 
@@ -510,6 +511,7 @@ def _build(
         std=tuple(float(s) for s in std),
         name=name,
         class_names=names,
+        flip_preserves_label=flip_preserves_label,
     )
     return Dataset(
         name=name,
@@ -753,7 +755,8 @@ def _as_labels(labels: Any, n: int, path: Path, key: str) -> Tensor:
     return labels
 
 
-TENSOR_KEYS = ("images_train", "labels_train", "images_test", "labels_test", "class_names", "mean", "std")
+TENSOR_KEYS = ("images_train", "labels_train", "images_test", "labels_test", "class_names", "mean", "std",
+               "flip_preserves_label")
 """The keys of a tensor dataset file (the first four required); others are warned about."""
 
 
@@ -765,7 +768,7 @@ def load_tensor_dataset(path: str | os.PathLike, *, device: torch.device | str =
     if missing:
         raise DataError(
             f"{path} lacks the keys {', '.join(missing)}; a tensor dataset needs images_train, "
-            "labels_train, images_test, labels_test (optional: class_names, mean, std)"
+            "labels_train, images_test, labels_test (optional: class_names, mean, std, flip_preserves_label)"
         )
     for key in sorted(set(data) - set(TENSOR_KEYS)):
         close = difflib.get_close_matches(str(key), TENSOR_KEYS, n=1, cutoff=0.5)
@@ -796,9 +799,13 @@ def load_tensor_dataset(path: str | os.PathLike, *, device: torch.device | str =
     std = [float(s) for s in torch.as_tensor(std, dtype=torch.float64).flatten().tolist()]
     if len(mean) != channel or len(std) != channel or min(std) <= 0:
         raise DataError(f"{path}: mean/std must have {channel} entries with std > 0")
+    flip = data.get("flip_preserves_label")
+    if flip is not None and not isinstance(flip, bool):
+        raise DataError(f"{path}: flip_preserves_label must be true or false (whether a mirrored image keeps "
+                        f"its class; false for digits), got {flip!r}")
     return _build(
         name or TENSOR_PREFIX + str(path), xtr, ytr, xte, yte, mean, std, class_names, torch.device(device),
-        str(path), num_classes=num_classes,
+        str(path), num_classes=num_classes, flip_preserves_label=flip,
     )
 
 
@@ -812,6 +819,7 @@ def save_tensor_dataset(
     class_names: Optional[Sequence[str]] = None,
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
+    flip_preserves_label: Optional[bool] = None,
 ) -> Path:
     """Write a generic tensor dataset that ``load_dataset('tensor:<path>')`` reads.
 
@@ -832,6 +840,8 @@ def save_tensor_dataset(
         blob["mean"] = [float(m) for m in mean]
     if std is not None:
         blob["std"] = [float(s) for s in std]
+    if flip_preserves_label is not None:
+        blob["flip_preserves_label"] = bool(flip_preserves_label)
     atomic_torch_save(blob, path)
     return path
 

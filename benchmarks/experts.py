@@ -198,7 +198,7 @@ def train_expert(
         gen.set_state(resume["generator"])
         snapshots = list(resume["snapshots"].unbind(0))
         first = int(resume["epoch"])
-    dsa = DSA(key.dsa_strategy or default_dsa_strategy(data.name)) if key.dsa else None
+    dsa = DSA(key.dsa_strategy or default_dsa_strategy(data.name, data.flip_preserves_label)) if key.dsa else None
     images, labels = data.images.to(device), data.labels.to(device)
     n = images.shape[0]
     for epoch in range(first, key.epochs):

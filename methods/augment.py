@@ -316,9 +316,13 @@ _APPLY = {
 }
 
 
-def default_dsa_strategy(dataset: str) -> str:
+def default_dsa_strategy(dataset: str, flip_preserves_label: Optional[bool] = None) -> str:
     """DSA's per-dataset default strategy: no flip for digit datasets (MNIST, SVHN and the
-    bundled digits), where a mirrored digit is a different symbol (DSA readme)."""
+    bundled digits), where a mirrored digit is a different symbol (DSA readme). Data that
+    declares ``flip_preserves_label`` (a tensor file's key, :attr:`ClassData.flip_preserves_label`)
+    decides by that instead of by its name."""
+    if flip_preserves_label is not None:
+        return "color_crop_cutout_flip_scale_rotate" if flip_preserves_label else "color_crop_cutout_scale_rotate"
     if dataset.lower() in {"mnist", "svhn", "digits"}:
         return "color_crop_cutout_scale_rotate"
     return "color_crop_cutout_flip_scale_rotate"

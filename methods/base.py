@@ -66,7 +66,7 @@ class Method(abc.ABC):
         dsa = self.uses_dsa_in_eval()
         strategy = None
         if dsa:
-            strategy = getattr(self.config, "dsa_strategy", None) or default_dsa_strategy(real.name)
+            strategy = getattr(self.config, "dsa_strategy", None) or default_dsa_strategy(real.name, real.flip_preserves_label)
         return EvalPlan(dsa=dsa, dsa_strategy=strategy, epochs_no_aug=int(self.eval_epochs_no_aug))
 
     def eval_defaults(self, real: ClassData) -> dict[str, Any]:

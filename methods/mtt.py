@@ -473,7 +473,7 @@ class MTT(LearnedMethod):
             label_logits = _expert_logits(forward, label_params, images.detach(), labels).requires_grad_(True)
             tensors["label_logits"] = label_logits
             optimizers["label_logits"] = torch.optim.SGD([label_logits], lr=cfg.lr_label, momentum=cfg.momentum_label)
-        dsa = DSA(cfg.dsa_strategy or default_dsa_strategy(real.name)) if cfg.dsa else None
+        dsa = DSA(cfg.dsa_strategy or default_dsa_strategy(real.name, real.flip_preserves_label)) if cfg.dsa else None
         return MTTRun(
             images=images, labels=labels,
             optimizer=torch.optim.SGD([images], lr=row.lr_img, momentum=cfg.momentum_img),

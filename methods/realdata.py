@@ -33,6 +33,7 @@ class ClassData:
     std: tuple[float, ...]
     name: str = "custom"
     class_names: Optional[tuple[str, ...]] = None
+    flip_preserves_label: Optional[bool] = None
     indices_by_class: list[Tensor] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +78,7 @@ class ClassData:
             std=self.std,
             name=self.name,
             class_names=self.class_names,
+            flip_preserves_label=self.flip_preserves_label,
             indices_by_class=[ix.to(device) for ix in self.indices_by_class],
         )
 

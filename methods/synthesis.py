@@ -142,7 +142,7 @@ def dsa_for(real: ClassData, enabled: bool, strategy: Optional[str]) -> Optional
     digits), or None when ``enabled`` is False."""
     if not enabled:
         return None
-    return DSA(strategy or default_dsa_strategy(real.name))
+    return DSA(strategy or default_dsa_strategy(real.name, real.flip_preserves_label))
 
 
 def init_synthetic(

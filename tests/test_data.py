@@ -310,3 +310,28 @@ def test_tinyimagenet_reference_file(tmp_path):
     ds = load_dataset("tinyimagenet", data_root=tmp_path)
     assert ds.num_classes == 200 and ds.im_size == (64, 64) and ds.mean == (0.485, 0.456, 0.406)
     assert ds.class_names[199] == "n00000199" and ds.test_images.shape == (2, 3, 64, 64)
+
+
+def test_a_tensor_file_declares_whether_flips_keep_the_label_and_dsa_follows_it(tmp_path):
+    """A digit-like dataset saved as a tensor file gets DSA without flips when it says so (the
+    name rule only knows the built-in digit datasets); a non-boolean declaration is refused."""
+    from benchmarks.data import DataError, load_dataset, save_tensor_dataset
+    from methods.registry import get_method
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(20, 1, 8, 8, generator=g), torch.arange(2).repeat(10)
+    strategies = {}
+    for flag in (None, False, True):
+        path = save_tensor_dataset(tmp_path / f"d{flag}.pt", x, y, x, y, flip_preserves_label=flag)
+        data = load_dataset(f"tensor:{path}")
+        assert data.train.flip_preserves_label is flag
+        plan = get_method("dsa").eval_plan(data.train)
+        strategies[flag] = plan.dsa_strategy
+    assert strategies[None] == strategies[True] == "color_crop_cutout_flip_scale_rotate"
+    assert strategies[False] == "color_crop_cutout_scale_rotate"
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"images_train": x, "labels_train": y, "images_test": x, "labels_test": y,
+                "flip_preserves_label": "no"}, bad)
+    with pytest.raises(DataError, match="flip_preserves_label must be true or false"):
+        load_dataset(f"tensor:{bad}")
