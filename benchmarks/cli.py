@@ -96,10 +96,12 @@ def parse_overrides(items: Optional[Sequence[str]], flag: str = "--set") -> dict
 
 def parse_plan_overrides(items: Optional[Sequence[str]], base: Optional[Any] = None) -> dict[str, Any]:
     """``--eval-set`` items -> validated evaluation-plan overrides (every problem in one line)."""
+    from benchmarks.teacher import split_overrides
     from methods.protocol import plan_problems
 
     overrides = parse_overrides(items, "--eval-set")
-    problems = plan_problems(overrides, base)
+    plan_keys, _teacher, problems = split_overrides(overrides)  # labels=teacher and its teacher_* keys
+    problems = list(problems) + plan_problems(plan_keys, base)
     if problems:
         raise UserError("--eval-set: " + "; ".join(problems))
     return overrides
@@ -245,7 +247,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from benchmarks.pipeline import resolve_device
     from methods.synset import SyntheticSet
 
-    from benchmarks.evaluate import effective_plan
+    from benchmarks.evaluate import explained_plan
 
     archs = parse_archs(args.arch)
     synset = SyntheticSet.load(args.synset)
@@ -259,8 +261,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     plan_overrides = parse_plan_overrides(args.eval_set, synset.eval_plan)
     name = _dataset_name(args.dataset or synset.dataset)
     # resolved before any data is loaded: what the plan needs that the set lacks fails here
-    plans = [(arch, effective_plan(synset, arch, name, epochs=args.epochs,
-                                   plan_overrides=plan_overrides).to_dict()) for arch in archs]
+    plans = [(arch, explained_plan(synset, arch, name, epochs=args.epochs, plan_overrides=plan_overrides))
+             for arch in archs]
     if args.explain:
         print(f"evaluation plan of {args.synset} ({synset.method}, IPC {synset.ipc}) on {name}"
               + (f", overrides: {_overrides_text(plan_overrides)}" if plan_overrides else ""))
@@ -520,8 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_whole)
 
     from benchmarks.experts import add_experts_parser
+    from benchmarks.importers import add_import_parser
 
     add_experts_parser(sub)
+    add_import_parser(sub)
 
     p = sub.add_parser("list", help="list methods, datasets and architectures")
     p.add_argument("what", nargs="?", default="all", choices=["all", "methods", "datasets", "architectures"])

@@ -38,6 +38,7 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from benchmarks.record import Record, as_plan_dict, dataset_fields, method_fields, plan_from_result
+from benchmarks.storage import disk_cache
 from benchmarks.store import Store, code_version
 from benchmarks.sweep import Cell, WHOLE
 
@@ -208,7 +209,7 @@ def run_cell(
         else:
             res = evaluate_synset(synset, dataset, arch, num_eval=cell.num_eval, epochs=cell.eval_epochs,
                                   plan_overrides=plan_overrides, seed=cell.seed, device=dev,
-                                  progress=progress)
+                                  progress=progress, cache=disk_cache(store.cache_dir))
         cost = dict(condense_cost)
         cost.update({
             "eval_wall_time_s": res.wall_time_s, "eval_peak_memory_mb": res.peak_memory_mb,
