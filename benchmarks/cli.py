@@ -8,6 +8,10 @@ Subcommands: ``condense`` (one method, dataset, IPC, seed -> a synthetic-set ``.
 Errors the user can fix (unknown names, impossible IPC, missing data, unreadable files, bad
 ``--set`` / ``--eval-set``) print one line to stderr and exit with status 2, without a traceback.
 
+Why ~560 lines: one parser and one small handler per subcommand, with their help texts and the
+output-path checks every handler runs before any compute; the stage and import commands keep
+their own parsers in :mod:`benchmarks.experts` and :mod:`benchmarks.importers`.
+
 ``evaluate`` and ``whole`` run the set's evaluation plan (:mod:`methods.protocol`);
 ``--eval-set KEY=VALUE`` overrides one field of it (validated before anything runs) and
 ``--explain`` prints the effective plan per architecture and exits without training.

@@ -6,6 +6,10 @@ when every record is there, else a failure is written) and cancels. The launcher
 (:mod:`benchmarks.launcher`) never asks which executor it drives; it looks one up by name in
 :data:`EXECUTORS` (``executor_for``) -- the run's for new cells, the recorded one for a tracked job.
 
+Why ~700 lines: the three executors share the interface and their recovery code (interrupted
+submissions, stage dependencies, settling a job from SLURM's accounting), which is the part a
+split would duplicate or scatter; the SLURM client commands live in :mod:`benchmarks.slurm_client`.
+
 Registered executors:
 
 * ``slurm`` (:class:`SlurmExecutor`) -- :class:`submitit.SlurmExecutor`; cells are grouped by

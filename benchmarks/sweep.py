@@ -39,6 +39,10 @@ earlier ones built) is most of this file and stays in one piece, hence its lengt
 Relative paths in a spec (``output``, ``data_root``, ``tensor:`` datasets) are resolved against
 the current working directory of the launcher, like every other command-line path; jobs get the
 absolute paths.
+
+Why ~700 lines: the validator reports every problem of a spec at once (names, types, IPCs,
+data, profile, outputs, evaluation overrides), which needs it next to the expansion it checks;
+cells and ids live in :mod:`benchmarks.cells`, profiles in :mod:`benchmarks.profile`.
 """
 
 from __future__ import annotations

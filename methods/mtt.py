@@ -2,6 +2,10 @@
 reimplemented, with TESLA's memory-constant gradient (Cui et al., ICML 2023) as an option and
 DATM (Guo et al., ICLR 2024) as a registered variant (config overrides, no second copy).
 
+Why ~590 lines: MTT and DATM are one method (DATM is config overrides of MTT), and the paper's
+hyperparameter table, the unrolled student with its two gradient modes (plain and TESLA) and the
+DATM switches read best together; the expert stage and the trajectory format live elsewhere.
+
 Reference: ``GeorgeCazenavette/mtt-distillation:distill.py`` (and ``buffer.py`` for the
 experts, :mod:`benchmarks.experts`). The outer loop (budget, generators
 ``init/expert/batch/aug``, checkpoints, progress, costs) is the shared one of
