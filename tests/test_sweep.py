@@ -135,7 +135,7 @@ def test_shipped_sweeps_validate(tmp_path):
     assert {c.seed for c in paper.cells} == {0, 1, 2, 3, 4} and {c.num_eval for c in paper.cells} == {20}
     named = [c for c in paper.cells if not c.eval]  # the cells the spec names ...
     baselines = [c for c in paper.cells if c.eval]  # ... and the same-protocol random cells it adds
-    assert len(named) == (5 * 3 * 8 + 5) * 5
+    assert len(named) == (5 * 3 * 11 + 5) * 5
     assert baselines and {c.method for c in baselines} == {"random"}
     assert len({c.cell_id for c in paper.cells}) == len(paper.cells)
     for name in ("cross_arch", "cafe_ablation"):
