@@ -253,10 +253,13 @@ class Executor(ABC):
             return "cancelled"
         state = self.final_state(s)
         store.update_job_state(s.cell.cell_id, state)
-        if state in ("CANCELLED", slurm_client.GONE):  # scancel'ed outside the suite: not a failure
-            return "cancelled"
         failure = store.read_failure(s.cell.cell_id)
-        if failure is None or failure.get("job_id") not in (None, s.job_id, s.job_id.split("_")[0]):
+        own_failure = failure is not None and failure.get("job_id") in (None, s.job_id, s.job_id.split("_")[0])
+        # scancel'ed outside the suite is not a failure -- unless the job wrote its own failure:
+        # a task that ran and raised can briefly be missing from accounting (GONE) as it ends
+        if state in ("CANCELLED", slurm_client.GONE) and not own_failure:
+            return "cancelled"
+        if not own_failure:
             # The job died without writing its own failure (cancelled, out of memory, node failure,
             # killed by the time limit without requeue): record what the executor knows.
             message = f"job {s.job_id} ended in state {state} without writing all records (missing: {', '.join(missing)})"
