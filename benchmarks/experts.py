@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks import UserError
+from benchmarks.storage import atomic_torch_save, atomic_write_bytes
 from methods.augment import DSA, default_dsa_strategy
 from methods.errors import MethodError
 from methods.networks import canonical_network_name, get_network
@@ -76,40 +76,12 @@ def expert_dir(root: str | os.PathLike, key: TrajectoryKey) -> Path:
     return Path(root) / EXPERTS_DIR / key.folder_name()
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _save_torch(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda fh: torch.save(obj, fh))
+    atomic_torch_save(obj, path)
 
 
 def _save_json(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=True) + "\n"), binary=False)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _load_torch(path: Path, what: str) -> dict[str, Any]:
