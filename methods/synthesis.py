@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Any, ClassVar, Optional, Sequence
 
 import torch
@@ -73,11 +74,13 @@ class LearnedMethod(Method):
     def lr_milestones(self) -> Sequence[float]:
         return ()
 
+    @abc.abstractmethod
     def start(self, run: LoopRun) -> Synthesis:
-        raise NotImplementedError(f"{type(self).__name__} must implement start(run)")
+        """The initial learned state of a run (see the class docstring)."""
 
+    @abc.abstractmethod
     def step(self, run: LoopRun, syn: Any, iteration: int) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must implement step(run, syn, iteration)")
+        """One outer iteration; returns the loss shown in progress lines."""
 
     def progress_note(self, run: LoopRun, syn: Any) -> str:
         return ""
