@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks import UserError
-from benchmarks.storage import atomic_torch_save, atomic_write_bytes
+from benchmarks.storage import atomic_torch_save, atomic_write_bytes, check_writable
 from methods.augment import DSA, default_dsa_strategy
 from methods.errors import MethodError
 from methods.networks import canonical_network_name, get_network
@@ -409,6 +409,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     if args.batch < 1 or not args.lr > 0:
         raise ExpertsError(f"--batch must be >= 1 and --lr > 0, got {args.batch} and {args.lr}")
     arch = canonical_network_name(args.arch)
+    check_writable(args.root, flag="--root", folder=True)  # before any training
     key = TrajectoryKey(dataset=canonical_dataset_name(args.dataset), arch=arch, zca=bool(args.zca), epochs=int(args.epochs),
                         seed=int(args.seed), lr=float(args.lr), batch=int(args.batch))
     report = run_experts_stage(key, int(args.num_experts), args.root, data_root=args.data_root, device=args.device,

@@ -161,3 +161,12 @@ def test_cli_parser_and_command(tmp_path, capsys):
     assert "1 already there" in capsys.readouterr().out
     key = TrajectoryKey(dataset="digits", arch="MLP", zca=False, epochs=1)
     assert load_trajectories(tmp_path, key, 1).experts[0].shape[0] == 2
+
+
+def test_experts_cli_refuses_an_unwritable_root_before_training(capsys):
+    """`condbench experts --root` that cannot be written is one line, exit 2, nothing trained."""
+    from benchmarks.cli import main
+
+    rc = main(["experts", "--dataset", "digits", "--num-experts", "1", "--epochs", "1", "--root", "/proc/x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--root" in err[0] and "Traceback" not in err[0]
