@@ -98,8 +98,8 @@ def cli(*args: str, inject: str = "none", timeout: float = 400) -> subprocess.Co
                           capture_output=True, text=True, timeout=timeout)
 
 
-def launch(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tests.faults.inject", "none", "--", *args], cwd=REPO, env=ENV,
+def launch(*args: str, inject: str = "none") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.faults.inject", inject, "--", *args], cwd=REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

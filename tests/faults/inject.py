@@ -5,7 +5,9 @@
 POINT is where the launcher SIGKILLs itself: ``before-sbatch`` (the ``submitting/`` note is
 written, ``sbatch`` not run), ``during-sbatch`` (``sbatch`` queued the array; submitit has not
 named the pickles yet), ``after-sbatch`` (``sbatch`` returned; no job tracked), ``tracking`` (the
-first task tracked, the others not), or ``none``. The injection patches this process only.
+first task tracked, the others not), or ``none``. ``hold`` does not kill: once every task is
+tracked the launcher (holding the store) writes ``<store>/../hold.held`` and waits, at most
+300 s, for ``<store>/../hold.release``. The injection patches this process only.
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ def inject(point: str) -> None:
             return write(self, *a, **k)
 
         store.Store.write_job = write_then_die
+    elif point == "hold":
+        import time
+
+        track = store.Store.write_job
+
+        def write_then_hold(self, *a, **k):
+            out = track(self, *a, **k)
+            if len(list(self.root.joinpath("jobs").glob("*.json"))) >= 2:
+                held, release = self.root.parent / "hold.held", self.root.parent / "hold.release"
+                if not held.exists():
+                    held.touch()
+                    deadline = time.monotonic() + 300
+                    while not release.exists() and time.monotonic() < deadline:
+                        time.sleep(0.2)
+            return out
+
+        store.Store.write_job = write_then_hold
     elif point != "none":
         raise SystemExit(f"unknown injection point {point!r}")
 
