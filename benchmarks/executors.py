@@ -124,7 +124,7 @@ def make_job(store: Store, sweep_name: str, cell: Cell, archs: Sequence[str], op
     """The picklable job one cell runs, with the run's data root, device and checkpointing."""
     return CellJob(str(store.root), cell.to_json(), sweep_name=sweep_name, archs=list(archs),
                    data_root=str(options.data_root), device=options.device, download=options.download,
-                   checkpoint_every=options.checkpoint_every, progress=options.progress)
+                   checkpoint_every=options.checkpoint_every, progress=options.progress, compile=options.compile)
 
 
 def make_stage_job(store: Store, stage: ExpertStage, options: RunOptions) -> ExpertStageJob:

@@ -31,7 +31,8 @@ class RunOptions:
     tasks of one SLURM array running at once (None: the profile's). ``timeout_min``: time
     limit of a ``local`` job. ``force``: redo finished cells. ``wait``: ``slurm`` only, follow the
     jobs until they end (False: submit and return). ``poll_s``: seconds between state polls.
-    ``profile``: the cluster profile (``slurm`` needs one)."""
+    ``profile``: the cluster profile (``slurm`` needs one). ``compile``: the cells' compile mode
+    (``auto``/``on``/``off``, :mod:`methods.compile`; from the spec's ``compile:``)."""
 
     executor: str = "debug"
     data_root: Path = Path("data")
@@ -46,6 +47,7 @@ class RunOptions:
     wait: bool = True
     poll_s: float = 2.0
     profile: Optional[ClusterProfile] = None
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         from benchmarks.executors import EXECUTORS
@@ -59,6 +61,8 @@ class RunOptions:
                 isinstance(self.array_parallelism, bool) or not isinstance(self.array_parallelism, int)
                 or self.array_parallelism < 1):
             raise UserError(f"array-parallelism must be an integer >= 1, got {self.array_parallelism!r}")
+        if self.compile not in ("auto", "on", "off"):
+            raise UserError(f"compile must be auto, on or off, got {self.compile!r}")
         if not self.poll_s > 0:
             raise UserError(f"poll must be a positive number of seconds, got {self.poll_s!r}")
 
@@ -68,7 +72,7 @@ class RunOptions:
         download and profile from the spec; ``timeout_min`` from the profile when it has one;
         ``options`` (the command-line values) set or override any field."""
         base: dict[str, Any] = dict(data_root=Path(sweep.data_root), device=sweep.device, download=sweep.download,
-                                    profile=sweep.profile)
+                                    profile=sweep.profile, compile=getattr(sweep, "compile", "auto"))
         if sweep.profile is not None:
             base["timeout_min"] = sweep.profile.timeout_min
         base.update(options)

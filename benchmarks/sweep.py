@@ -81,9 +81,12 @@ TOP_KEYS = {
     "data_root": "folder with the datasets",
     "download": "download missing torchvision datasets in the jobs",
     "device": "auto | cpu | cuda | cuda:N | mps",
+    "compile": "auto (default) | on | off: compiled hot paths of condensation and evaluation (methods.compile)",
 }
 BUDGET_KEYS = ("iterations", "eval_epochs")
-METHOD_ENTRY_KEYS = ("method", "label", "budgets", "eval")
+METHOD_ENTRY_KEYS = ("method", "label", "budgets", "eval", "ipcs", "seeds", "num_eval")
+"""Keys of a method entry that are not config overrides; ``ipcs``/``seeds``/``num_eval`` replace
+the sweep's own lists for that entry only (e.g. an expensive method at IPC 1 and one seed)."""
 ARCH_FIELDS = ("model", "feature_net", "net", "arch")
 """Config fields naming the network a method condenses with (first one present wins)."""
 
@@ -119,6 +122,8 @@ class Sweep:
     spec: dict[str, Any]
     spec_text: str
     source: str = "<spec>"
+    compile: str = "auto"
+    """Compile mode of the cells' condensation and evaluation (never part of a cell id)."""
 
 
 def read_spec(source: str | os.PathLike) -> tuple[dict[str, Any], str]:
@@ -207,6 +212,7 @@ def build_sweep(
         data_root=v.data_root,
         download=bool(spec.get("download", False)),
         device=str(spec.get("device", "auto")),
+        compile=str(spec.get("compile", "auto")),
         profile=v.profile,
         spec=dict(spec),
         spec_text=text if text is not None else yaml.safe_dump(dict(spec), sort_keys=False),
@@ -239,6 +245,10 @@ class _MethodEntry:
     eval: dict[str, Any]
     method_obj: Any = None
     """The configured method (None for ``whole``): its evaluation plan is the baseline's."""
+    ipcs: Optional[list[int]] = None
+    seeds: Optional[list[int]] = None
+    num_eval: Optional[int] = None
+    """The entry's own ``ipcs``/``seeds``/``num_eval`` (None: the sweep's)."""
 
 
 class _Validator:
@@ -287,22 +297,14 @@ class _Validator:
         device = s.get("device", "auto")
         if not isinstance(device, str) or not _DEVICE_RE.match(device):
             self.add("device", f"must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
-        num_eval = s.get("num_eval", 5)
-        if not _is_int(num_eval) or num_eval < 1:
-            self.add("num_eval", f"must be an integer >= 1, got {num_eval!r}")
-            num_eval = 1
+        if s.get("compile", "auto") not in ("auto", "on", "off"):
+            self.add("compile", f"must be auto, on or off, got {s['compile']!r}")
+        num_eval = self._num_eval(s.get("num_eval", 5), "num_eval")
         budgets = s.get("budgets") or {}
         iterations, eval_epochs = self._budgets(budgets, "budgets", None, None)
         self.eval = self._eval_overrides(s.get("eval", {}), "eval", {}, eval_epochs) or {}
 
-        seeds = []
-        for i, seed in enumerate(_as_list(s.get("seeds", [0]))):
-            if not _is_int(seed) or seed < 0:
-                self.add(f"seeds[{i}]", f"must be a non-negative integer, got {seed!r}")
-            else:
-                seeds.append(seed)
-        if len(set(seeds)) != len(seeds):
-            self.add("seeds", f"contains duplicates: {seeds}")
+        seeds = self._seeds(s.get("seeds", [0]), "seeds")
 
         # paths
         data_root = s.get("data_root", "data")
@@ -375,22 +377,8 @@ class _Validator:
                 continue
             datasets.append((where, key, info))
 
-        ipcs: list[int] = []
-        for i, ipc in enumerate(_as_list(s.get("ipcs") or [])):
-            if not _is_int(ipc) or ipc < 1:
-                self.add(f"ipcs[{i}]", f"must be a positive integer, got {ipc!r}")
-            elif ipc in ipcs:
-                self.add(f"ipcs[{i}]", f"duplicate IPC {ipc}")
-            else:
-                ipcs.append(ipc)
-                for where, key, info in datasets:
-                    limit = info.min_train_per_class
-                    if limit is not None and ipc > limit:
-                        self.add(
-                            f"ipcs[{i}]",
-                            f"IPC {ipc} is impossible for {where}={key}: its smallest class has "
-                            f"{limit} training images (choose IPC <= {limit})",
-                        )
+        self.datasets = datasets
+        ipcs = self._ipcs(s.get("ipcs") or [], "ipcs")
 
         entries = [
             e for i, m in enumerate(_as_list(s.get("methods") or []))
@@ -400,6 +388,43 @@ class _Validator:
         if self.problems:
             return []
         return self._expand(datasets, ipcs, entries, seeds, eval_archs, num_eval)
+
+    def _num_eval(self, raw: Any, where: str) -> int:
+        if not _is_int(raw) or raw < 1:
+            self.add(where, f"must be an integer >= 1, got {raw!r}")
+            return 1
+        return int(raw)
+
+    def _seeds(self, raw: Any, where: str) -> list[int]:
+        seeds: list[int] = []
+        for i, seed in enumerate(_as_list(raw)):
+            if not _is_int(seed) or seed < 0:
+                self.add(f"{where}[{i}]", f"must be a non-negative integer, got {seed!r}")
+            else:
+                seeds.append(int(seed))
+        if len(set(seeds)) != len(seeds):
+            self.add(where, f"contains duplicates: {seeds}")
+        return seeds
+
+    def _ipcs(self, raw: Any, where: str) -> list[int]:
+        """Positive, distinct IPCs, each possible for every dataset of the sweep."""
+        ipcs: list[int] = []
+        for i, ipc in enumerate(_as_list(raw)):
+            if not _is_int(ipc) or ipc < 1:
+                self.add(f"{where}[{i}]", f"must be a positive integer, got {ipc!r}")
+            elif ipc in ipcs:
+                self.add(f"{where}[{i}]", f"duplicate IPC {ipc}")
+            else:
+                ipcs.append(int(ipc))
+                for dwhere, key, info in self.datasets:
+                    limit = info.min_train_per_class
+                    if limit is not None and ipc > limit:
+                        self.add(
+                            f"{where}[{i}]",
+                            f"IPC {ipc} is impossible for {dwhere}={key}: its smallest class has "
+                            f"{limit} training images (choose IPC <= {limit})",
+                        )
+        return ipcs
 
     def _budgets(self, b: Any, where: str, iterations: Optional[int], eval_epochs: Optional[int]):
         if not isinstance(b, dict):
@@ -446,6 +471,14 @@ class _Validator:
             self.add(f"{where}.label", f"must be a string, got {label!r}")
             label = None
         it, ep = self._budgets(m.get("budgets") or {}, f"{where}.budgets", iterations, eval_epochs)
+        own = {
+            "ipcs": self._ipcs(m["ipcs"], f"{where}.ipcs") if "ipcs" in m else None,
+            "seeds": self._seeds(m["seeds"], f"{where}.seeds") if "seeds" in m else None,
+            "num_eval": self._num_eval(m["num_eval"], f"{where}.num_eval") if "num_eval" in m else None,
+        }
+        for key in ("ipcs", "seeds"):
+            if own[key] == []:
+                self.add(f"{where}.{key}", "must list at least one value (leave it out to use the sweep's)")
         own_eval = m.get("eval", {})
         plan = self._eval_overrides(own_eval, f"{where}.eval", self.eval, ep)
         if plan is None:
@@ -454,8 +487,10 @@ class _Validator:
         if name == WHOLE:
             for k in overrides:
                 self.add(f"{where}.{k}", "the whole-dataset baseline takes no config overrides")
+            if own["ipcs"] is not None:
+                self.add(f"{where}.ipcs", "the whole-dataset baseline has no IPC")
             return _MethodEntry(where, WHOLE, label or "whole dataset" + _eval_suffix(own_eval, plan),
-                                {}, None, ep, None, plan)
+                                {}, None, ep, None, plan, seeds=own["seeds"], num_eval=own["num_eval"])
         valid = available_methods()
         if name not in valid:
             self.add(f"{where}.method", f"unknown method '{m['method']}'; valid methods: "
@@ -497,7 +532,7 @@ class _Validator:
             label = name if not canonical else name + "(" + ", ".join(
                 f"{k}={v}" for k, v in sorted(canonical.items()) if k not in base) + ")"
             label += _eval_suffix(own_eval, plan)
-        return _MethodEntry(where, name, label, canonical, it, ep, arch, plan, method)
+        return _MethodEntry(where, name, label, canonical, it, ep, arch, plan, method, **own)
 
     def _eval_overrides(self, raw: Any, where: str, inherited: Mapping[str, Any],
                         eval_epochs: Optional[int]) -> Optional[dict[str, Any]]:
@@ -538,11 +573,11 @@ class _Validator:
             labels.setdefault(e.label, e.where)
         for _, dataset, _info in datasets:
             for e in entries:
-                cell_ipcs: list[Optional[int]] = [None] if e.method == WHOLE else list(ipcs)
+                cell_ipcs: list[Optional[int]] = [None] if e.method == WHOLE else list(e.ipcs or ipcs)
                 for ipc in cell_ipcs:
-                    for seed in seeds:
+                    for seed in e.seeds or seeds:
                         fields = dict(dataset=dataset, ipc=ipc, method=e.method, overrides=e.overrides,
-                                      seed=seed, iterations=e.iterations, num_eval=num_eval,
+                                      seed=seed, iterations=e.iterations, num_eval=e.num_eval or num_eval,
                                       eval_epochs=e.eval_epochs, train_arch=e.train_arch, eval=e.eval)
                         cid = cell_id(**fields)
                         if cid in seen:
@@ -571,10 +606,10 @@ class _Validator:
                     continue
                 overrides = baseline_overrides(e.method_obj.eval_plan(stub), e.eval, own, self.eval, e.eval_epochs,
                                                [(dataset, a) for a in eval_archs])
-                for ipc in ipcs:
-                    for seed in seeds:
+                for ipc in e.ipcs or ipcs:
+                    for seed in e.seeds or seeds:
                         fields = dict(dataset=dataset, ipc=ipc, method=RANDOM, overrides={}, seed=seed,
-                                      iterations=None, num_eval=num_eval, eval_epochs=e.eval_epochs,
+                                      iterations=None, num_eval=e.num_eval or num_eval, eval_epochs=e.eval_epochs,
                                       train_arch=None, eval=overrides)
                         cid = cell_id(**fields)
                         if cid in seen and seen[cid] != "baseline":

@@ -48,6 +48,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                    help="slurm: tasks of one job array running at once (default: the profile's)")
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoint saves")
     p.add_argument("--progress", action="store_true", help="per-iteration progress lines in the job logs")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default=None,
+                   help="compiled hot paths of condensation and evaluation (default: the spec's "
+                        "'compile:', else auto: compile where the run is long enough to earn the "
+                        "compile time back; README, Performance)")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between job state polls")
     p.set_defaults(func=cmd_run)
 
@@ -71,7 +75,8 @@ def run_options(args: argparse.Namespace, sweep: "Sweep") -> "RunOptions":
     return RunOptions.from_sweep(
         sweep, executor=args.executor, force=args.force, wait=not args.no_wait, parallel=args.parallel,
         array_parallelism=args.array_parallelism, checkpoint_every=args.checkpoint_every,
-        progress=args.progress, poll_s=args.poll)
+        progress=args.progress, poll_s=args.poll,
+        **({} if getattr(args, "compile", None) is None else {"compile": args.compile}))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ class CellJob(Checkpointable):
         download: bool = False,
         checkpoint_every: int = 10,
         progress: bool = False,
+        compile: str = "off",
     ) -> None:
         self.store_root = str(store_root)
         self.cell = dict(cell)
@@ -74,6 +75,7 @@ class CellJob(Checkpointable):
         self.download = download
         self.checkpoint_every = checkpoint_every
         self.progress = progress
+        self.compile = compile
         self._context = None  # live RunContext while condensing (not pickled)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -88,7 +90,7 @@ class CellJob(Checkpointable):
             return run_cell(store, cell, self.archs, sweep_name=self.sweep_name, data_root=self.data_root,
                             device=self.device, download=self.download,
                             checkpoint_every=self.checkpoint_every, progress=self.progress,
-                            on_context=self._set_context)
+                            on_context=self._set_context, compile=getattr(self, "compile", "off"))
         except Exception as exc:
             log_path, job_id = _job_log_and_id()
             error = f"{type(exc).__name__}: {exc}"
@@ -137,8 +139,10 @@ def run_cell(
     checkpoint_every: int = 10,
     progress: bool = False,
     on_context: Optional[Callable[[Any], None]] = None,
+    compile: str = "off",
 ) -> dict[str, Any]:
-    """Condense (or reuse the stored synset) and write one record per missing architecture."""
+    """Condense (or reuse the stored synset) and write one record per missing architecture.
+    ``compile`` is the mode of the compiled hot paths of condensation and evaluation."""
     from benchmarks.data import load_dataset
     from benchmarks.evaluate import evaluate_synset, evaluate_whole_dataset
     from benchmarks.pipeline import resolve_device, run_condense
@@ -178,7 +182,7 @@ def run_cell(
                 cell.method, dict(cell.overrides), dataset, cell.ipc, cell.seed, device=dev,
                 iterations=cell.iterations, checkpoint_path=store.checkpoint_path(cell.cell_id),
                 checkpoint_every=checkpoint_every, cache_dir=store.cache_dir, progress=progress,
-                log=_log, experts_root=store.experts_root, **extra,
+                log=_log, experts_root=store.experts_root, compile=compile, **extra,
             )
             atomic_write_bytes(path, synset.to_bytes())
             store.write_synset_digest(cell.cell_id)
@@ -205,11 +209,11 @@ def run_cell(
             kwargs = {} if cell.eval_epochs is None else {"epochs": cell.eval_epochs}
             res = evaluate_whole_dataset(dataset, arch, num_eval=cell.num_eval, seed=cell.seed,
                                          plan_overrides=plan_overrides, device=dev, progress=progress,
-                                         **kwargs)
+                                         compile=compile, **kwargs)
         else:
             res = evaluate_synset(synset, dataset, arch, num_eval=cell.num_eval, epochs=cell.eval_epochs,
                                   plan_overrides=plan_overrides, seed=cell.seed, device=dev,
-                                  progress=progress, cache=disk_cache(store.cache_dir))
+                                  progress=progress, cache=disk_cache(store.cache_dir), compile=compile)
         cost = dict(condense_cost)
         cost.update({
             "eval_wall_time_s": res.wall_time_s, "eval_peak_memory_mb": res.peak_memory_mb,

@@ -57,14 +57,15 @@ exact; the gradients differ from the oracle's), so :func:`batched_supported` rej
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from methods.augment import DSA
+from methods.compile import compile_delta, compile_stats, compiled, context_mode, resolve_compile
 from methods.config import MethodConfig
 from methods.errors import MethodError
 from methods.loop import LoopRun, Synthesis
@@ -165,27 +166,35 @@ def match_step(
     distance: str,
     path: str,
     inputs: Sequence[Tensor],
+    real_forward: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Tensor:
     """Sum over classes of the gradient distance; back-propagates it into ``inputs`` (the
     synthetic leaf tensor(s), whose ``.grad`` accumulates) and returns the detached loss.
+
+    ``real_forward`` (``per_class`` path only) replaces ``net`` for the real batches, whose
+    gradients need one backward only: a :func:`methods.compile.compiled` call of ``net``. The
+    synthetic side needs ``create_graph`` (double backward), which cannot be compiled, and stays
+    eager.
 
     ``batches`` may be a lazy iterator: the ``per_class`` path consumes it one class at a time
     (one class's graphs alive at once), the ``batched`` path collects it first. ``path`` must be
     resolved (``per_class`` or ``batched``); ``batched`` on a net :func:`batched_supported`
     rejects runs ``per_class``."""
     if path == "per_class" or (path == "batched" and not batched_supported(net)):
-        return _match_per_class(net, batches, distance, inputs)
+        return _match_per_class(net, batches, distance, inputs, real_forward)
     if path == "batched":
         return _match_batched(net, batches, distance, inputs)
     raise MethodError(f"match_step needs a resolved path ('per_class' or 'batched'), got '{path}'")
 
 
-def _match_per_class(net: nn.Module, batches: ClassBatches, distance: str, inputs: Sequence[Tensor]) -> Tensor:
+def _match_per_class(net: nn.Module, batches: ClassBatches, distance: str, inputs: Sequence[Tensor],
+                     real_forward: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
     params = [p for p in net.parameters() if p.requires_grad]
+    forward = real_forward or net
     total: Optional[Tensor] = None
     for c, x_real, x_syn in batches:
         y_real = torch.full((x_real.shape[0],), c, dtype=torch.long, device=x_real.device)
-        gw_real = torch.autograd.grad(F.cross_entropy(net(x_real), y_real), params)
+        gw_real = torch.autograd.grad(F.cross_entropy(forward(x_real), y_real), params)
         y_syn = torch.full((x_syn.shape[0],), c, dtype=torch.long, device=x_syn.device)
         gw_syn = torch.autograd.grad(F.cross_entropy(net(x_syn), y_syn), params, create_graph=True)
         loss = match_distance(gw_syn, gw_real, distance)
@@ -306,6 +315,10 @@ class DCRun(Synthesis):
     inner_loop: int
     path: str
     dsa: Optional[DSA]
+    compile: bool = False
+    """Whether the real batches' forward runs compiled (``per_class`` path; :mod:`methods.compile`,
+    ``auto`` counts one call per class and image step)."""
+    compile_base: dict[str, float] = field(default_factory=compile_stats, repr=False)
 
 
 @register("dc", display="DC", family="gradient_matching", order=100, description="DC: gradient matching (Zhao et al., ICLR 2021)")
@@ -347,6 +360,8 @@ class DC(LearnedMethod):
             counters={"image_steps": 0, "inner_epochs": 0, "matching_time_s": 0.0, "inner_time_s": 0.0},
             history=[], outer_loop=outer_loop, inner_loop=inner_loop,
             path=resolve_path(cfg.path, run.device), dsa=self.augmentation(run.real),
+            compile=resolve_compile(context_mode(run.context), run.device,
+                                    steps=run.iterations * outer_loop * run.real.num_classes),
         )
 
     def step(self, run: LoopRun, syn: DCRun, iteration: int) -> float:
@@ -370,13 +385,16 @@ class DC(LearnedMethod):
         net.train()
         opt_net = sgd(net.parameters(), cfg.lr_net)
         batchnorm = has_batchnorm(net)
+        real_forward = (compiled(net, "forward", enabled=True, batch=cfg.batch_real)
+                        if syn.compile and syn.path == "per_class" else None)
         loss_sum = torch.zeros((), device=device)
         for ol in range(syn.outer_loop):
             if batchnorm:
                 freeze_batchnorm(net, real, gen, cfg.bn_real_per_class)
             t0 = time.perf_counter()
             syn.optimizer.zero_grad(set_to_none=True)
-            loss_sum += match_step(net, class_batches(), distance=cfg.distance, path=syn.path, inputs=[image_syn])
+            loss_sum += match_step(net, class_batches(), distance=cfg.distance, path=syn.path, inputs=[image_syn],
+                                   real_forward=real_forward)
             syn.optimizer.step()
             sync(device)
             counters["matching_time_s"] += time.perf_counter() - t0
@@ -403,6 +421,7 @@ class DC(LearnedMethod):
             matching_time_s=c["matching_time_s"], inner_time_s=c["inner_time_s"],
             seconds_per_image_step=c["matching_time_s"] / max(1.0, c["image_steps"]),
             outer_loop=syn.outer_loop, inner_loop=syn.inner_loop,
+            **(compile_delta(syn.compile_base) if syn.compile else {}),
         )
 
     def extra(self, run: LoopRun, syn: DCRun) -> dict[str, Any]:

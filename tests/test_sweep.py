@@ -341,3 +341,52 @@ def test_every_eval_problem_is_reported_with_its_path(tmp_path):
         build_sweep(bad)
     paths = [p.split(":")[0] for p in err.value.problems]
     assert paths == ["eval.optimizer", "methods[1].eval.bogus", "methods[2].eval"], err.value.problems
+
+
+# -- per-entry ipcs / seeds / num_eval, compile ----------------------------------------------
+
+
+def test_a_method_entry_can_narrow_ipcs_seeds_and_num_eval(tmp_path):
+    sw = build_sweep(spec(tmp_path, methods=["random", {"method": "dm", "ipcs": [1], "seeds": [1], "num_eval": 3},
+                                             {"method": "whole", "seeds": [0]}]))
+    dm = [c for c in sw.cells if c.method == "dm"]
+    assert [(c.ipc, c.seed, c.num_eval) for c in dm] == [(1, 1, 3)]
+    assert {(c.ipc, c.seed, c.num_eval) for c in sw.cells if c.method == "random"} == {
+        (1, 0, 1), (1, 1, 1), (10, 0, 1), (10, 1, 1)}
+    assert [(c.seed, c.num_eval) for c in sw.cells if c.method == "whole"] == [(0, 1)]
+    # the same cell as one the sweep-wide lists would make: narrowing does not change ids
+    plain = build_sweep(spec(tmp_path, methods=[{"method": "dm"}], ipcs=[1], seeds=[1], num_eval=3))
+    assert ids(plain) == [dm[0].cell_id]
+
+
+def test_same_protocol_baselines_follow_an_entrys_own_ipcs_and_seeds(tmp_path):
+    sw = build_sweep(spec(tmp_path, methods=[{"method": "dsa", "ipcs": [1], "seeds": [0]}], random_baseline=True))
+    base = [c for c in sw.cells if c.method == "random"]
+    assert [(c.ipc, c.seed) for c in base] == [(1, 0)]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"method": "dm", "ipcs": [0]}, r"methods\[0\]\.ipcs\[0\]: must be a positive integer"),
+    ({"method": "dm", "ipcs": [1, 1]}, r"methods\[0\]\.ipcs\[1\]: duplicate IPC 1"),
+    ({"method": "dm", "ipcs": [100000]}, r"methods\[0\]\.ipcs\[0\]: IPC 100000 is impossible"),
+    ({"method": "dm", "seeds": []}, r"methods\[0\]\.seeds: must list at least one value"),
+    ({"method": "dm", "seeds": [-1]}, r"methods\[0\]\.seeds\[0\]: must be a non-negative integer"),
+    ({"method": "dm", "num_eval": 0}, r"methods\[0\]\.num_eval: must be an integer >= 1"),
+    ({"method": "whole", "ipcs": [1]}, r"methods\[0\]\.ipcs: the whole-dataset baseline has no IPC"),
+])
+def test_bad_per_entry_lists_are_named(tmp_path, entry, message):
+    with pytest.raises(SpecError, match=message):
+        build_sweep(spec(tmp_path, methods=[entry]))
+
+
+def test_compile_key_reaches_the_cell_jobs(tmp_path):
+    from benchmarks.run_options import RunOptions
+
+    sw = build_sweep(spec(tmp_path, compile="on"))
+    assert sw.compile == "on"
+    options = RunOptions.from_sweep(sw, executor="debug")
+    job = executors.make_job(Store(tmp_path / "out"), sw.name, sw.cells[0], ["ConvNet"], options)
+    assert job.compile == "on"
+    assert RunOptions.from_sweep(build_sweep(spec(tmp_path)), executor="debug").compile == "auto"
+    with pytest.raises(SpecError, match="compile: must be auto, on or off"):
+        build_sweep(spec(tmp_path, compile="fast"))
