@@ -12,7 +12,8 @@ override equal to the method's registered default is dropped, so ``{lr_img: 1.0}
 is the default is the same cell as no override: ids hash the effective config), seed, iterations, num_eval, eval_epochs, the condensation architecture and, only when there are
 any, the evaluation-plan overrides (so cells of a sweep without ``eval:`` keep their ids) and, for a
 ``tensor:`` dataset, the SHA-256 of its file (a file changed on disk makes new cells). The
-label, the output folder, the profile and the executor do not enter the id. The special method
+label, the output folder, the profile, the executor and the kept learning-curve iterations
+(``snapshots``) do not enter the id. The special method
 ``whole`` is the whole-dataset baseline (no condensation; ``ipc`` is null).
 
 A cell is the contract between the launcher, the worker, the results store and ``analysis``:
@@ -53,12 +54,17 @@ class Cell:
     eval: Mapping[str, Any] = field(default_factory=dict)
     """Evaluation-plan overrides (``methods.protocol.EvalPlan`` fields, canonical values) that
     the worker hands the evaluator; empty: the method's own plan."""
+    snapshots: tuple[int, ...] = ()
+    """Iterations (ascending, each below the budget) at which the worker keeps the loop state
+    of the run and evaluates it as a learning-curve point (:mod:`benchmarks.curves`); not part
+    of the id: keeping states does not change the run's result."""
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["overrides"] = dict(self.overrides)
         d["eval_archs"] = list(self.eval_archs)
         d["eval"] = dict(self.eval)
+        d["snapshots"] = list(self.snapshots)
         return d
 
     @classmethod
@@ -69,6 +75,7 @@ class Cell:
             eval_archs=tuple(d["eval_archs"]), num_eval=int(d["num_eval"]),
             eval_epochs=d.get("eval_epochs"), iterations=d.get("iterations"),
             train_arch=d.get("train_arch"), eval=dict(d.get("eval") or {}),
+            snapshots=tuple(sorted(int(n) for n in d.get("snapshots") or ())),
         )
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Collection, Mapping, Optional
 
 import torch
 
@@ -88,6 +88,8 @@ def run_condense(
     on_context: Optional[Callable[[RunContext], None]] = None,
     compile: str = "off",
     experts_root: Optional[str | os.PathLike] = None,
+    keep_at: Collection[int] = (),
+    keep_dir: Optional[str | os.PathLike] = None,
 ) -> SyntheticSet:
     """Condense ``dataset`` with ``method_name`` (+ config ``overrides``) at ``ipc`` and ``seed``.
 
@@ -101,11 +103,17 @@ def run_condense(
     ``experts_root`` is the folder holding ``experts/`` (default ``$CONDBENCH_EXPERTS`` or
     ``.``): trajectory matching (MTT, DATM) gets its expert trajectories from there in
     ``RunContext.resources`` (:func:`benchmarks.experts.resources_for`; missing ones are an
-    :class:`~benchmarks.experts.ExpertsError` naming the ``condbench experts`` command). Raises
+    :class:`~benchmarks.experts.ExpertsError` naming the ``condbench experts`` command).
+    ``keep_at`` (iteration counts) keeps the loop state after each of them in ``keep_dir`` as
+    ``it<N:06d>.pt`` (:class:`~benchmarks.storage.FileCheckpointStore`; learning curves,
+    :mod:`benchmarks.curves`); it needs ``checkpoint_path`` and ``keep_dir``. Raises
     :class:`MethodError`, :class:`~benchmarks.data.DataError` or
     :class:`~benchmarks.storage.CheckpointError` for user-fixable problems."""
     logger = log or (lambda msg: _log.info("%s", msg))
     method = get_method(method_name, overrides)  # unknown method / bad override: fail before data
+    if keep_at and (checkpoint_path is None or keep_dir is None):
+        raise MethodError("keeping the states of chosen iterations needs a checkpoint path and a folder for "
+                          "the kept states (keep_dir)")
     if iterations is not None and (not isinstance(iterations, int) or iterations <= 0):
         raise MethodError(f"iterations must be a positive integer, got {iterations!r}")
     if isinstance(dataset, Dataset):
@@ -132,8 +140,9 @@ def run_condense(
         resources=resources,
         iterations=iterations,
         progress=progress,
-        checkpoint=(FileCheckpointStore(checkpoint_path, dataset=fingerprint)
+        checkpoint=(FileCheckpointStore(checkpoint_path, dataset=fingerprint, keep_dir=keep_dir)
                     if checkpoint_path is not None else None),
+        keep_at=frozenset(int(n) for n in keep_at),
         checkpoint_every=checkpoint_every,
         cache=disk_cache(cache_dir) if cache_dir is not None else None,
         log=logger,

@@ -117,6 +117,15 @@ def check_writable(path: str | os.PathLike, *, flag: str, folder: bool = False) 
     return path
 
 
+def kept_state_name(iteration: int) -> str:
+    """File name of the state kept after ``iteration`` iterations: ``it<N:06d>.pt``."""
+    return f"it{int(iteration):06d}.pt"
+
+
+KEPT_STATE_RE = re.compile(r"^it(\d{6,})\.pt$")
+"""Matches :func:`kept_state_name` (group 1: the iteration count)."""
+
+
 class FileCheckpointStore:
     """:class:`methods.context.CheckpointStore` backed by one file (``load``/``save``).
 
@@ -124,11 +133,18 @@ class FileCheckpointStore:
     :class:`CheckpointError` naming it (delete it to start the run afresh). ``dataset``
     (a :func:`benchmarks.data.dataset_fingerprint`) is stored with every save; a checkpoint
     written for other data is refused on load (the method's own identity check covers
-    method, seed, IPC and config)."""
+    method, seed, IPC and config).
 
-    def __init__(self, path: str | os.PathLike, *, dataset: Optional[str] = None) -> None:
+    With ``keep_dir`` it is also a :class:`methods.context.KeepingCheckpointStore`:
+    ``keep(state, n)`` writes the state, exactly as ``save`` would write it, to
+    ``keep_dir/it<n:06d>.pt`` (:func:`kept_state_name`; a sweep's
+    ``<out>/snapshots/<cell_id>/``), atomically; later saves never replace it."""
+
+    def __init__(self, path: str | os.PathLike, *, dataset: Optional[str] = None,
+                 keep_dir: Optional[str | os.PathLike] = None) -> None:
         self.path = Path(path)
         self.dataset = dataset
+        self.keep_dir = None if keep_dir is None else Path(keep_dir)
         self.saves = 0
 
     def __repr__(self) -> str:
@@ -164,6 +180,14 @@ class FileCheckpointStore:
             state = {**state, "dataset_fingerprint": self.dataset}
         atomic_torch_save(state, self.path)
         self.saves += 1
+
+    def keep(self, state: dict[str, Any], iteration: int) -> None:
+        if self.keep_dir is None:
+            raise CheckpointError(f"{self!r} has no folder for kept states; give it keep_dir to keep iteration "
+                                  f"{iteration}")
+        if self.dataset is not None:
+            state = {**state, "dataset_fingerprint": self.dataset}
+        atomic_torch_save(state, self.keep_dir / kept_state_name(iteration))
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -14,6 +14,13 @@ Layout (``analysis`` reads exactly this; see the record schema below)::
     <out>/submitting/<token>.json           a SLURM array being submitted: job name + its cells in
                                             array order (closes the sbatch -> jobs/ window)
     <out>/checkpoints/<cell_id>.pt          loop state of a running condensation (resume after requeue)
+    <out>/snapshots/<cell_id>/it<N:06d>.pt  loop state kept after N iterations (the cell's ``snapshots``;
+                                            the same dict as its checkpoint file, ``iteration`` = N)
+    <out>/curves/<cell_id>__<arch>__it<N:06d>.json
+                                            learning-curve point: the record of the set at N
+                                            iterations (``status`` "curve", ``iterations`` N;
+                                            :mod:`benchmarks.curves`); the cell's final point is
+                                            its record in records/
     <out>/cache/                            reusable tensors (e.g. herding's feature network)
     <out>/logs/                             submitit's folder: <job_id>_0_log.out/.err, pickles
 
@@ -45,7 +52,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
 
 from benchmarks.record import RECORD_SCHEMA, RECORD_SCHEMA_VERSION, Record, enrich_cell, upgrade_record
-from benchmarks.storage import atomic_write_bytes
+from benchmarks.storage import KEPT_STATE_RE, atomic_write_bytes, kept_state_name
 _ARCH_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -152,6 +159,42 @@ class Store:
 
     def checkpoint_path(self, cell_id: str) -> Path:
         return self.root / "checkpoints" / f"{cell_id}.pt"
+
+    def snapshot_dir(self, cell_id: str) -> Path:
+        """The folder of the loop states kept during the cell's condensation."""
+        return self.root / "snapshots" / cell_id
+
+    def snapshot_path(self, cell_id: str, iteration: int) -> Path:
+        return self.snapshot_dir(cell_id) / kept_state_name(iteration)
+
+    def kept_iterations(self, cell_id: str) -> list[int]:
+        """Iteration counts of the cell's kept states on disk, ascending (temp files of an
+        unfinished write are not kept states)."""
+        folder = self.snapshot_dir(cell_id)
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_file() and (m := KEPT_STATE_RE.match(p.name)))
+
+    @property
+    def curves_dir(self) -> Path:
+        return self.root / "curves"
+
+    def curve_path(self, cell_id: str, arch: str, iteration: int) -> Path:
+        return self.curves_dir / f"{cell_id}__{arch_file_part(arch)}__it{int(iteration):06d}.json"
+
+    def has_curve_record(self, cell_id: str, arch: str, iteration: int) -> bool:
+        rec = read_json(self.curve_path(cell_id, arch, iteration))
+        return isinstance(rec, dict) and rec.get("schema") == RECORD_SCHEMA and rec.get("status") == "curve"
+
+    def write_curve_record(self, record: Record) -> Path:
+        """Write one learning-curve point atomically (a :class:`Record` with ``status`` "curve"
+        and ``iterations`` the point's iteration count)."""
+        if record.status != "curve" or record.iterations is None:
+            raise ValueError("a curve record needs status 'curve' and its iteration count in 'iterations'")
+        rec = record.to_json()
+        if not rec.get("created"):
+            rec["created"] = utc_now()
+        return atomic_write_json(self.curve_path(record.cell_id, record.eval_arch, record.iterations), rec)
 
     def failure_path(self, cell_id: str) -> Path:
         return self.root / "failures" / f"{cell_id}.json"
@@ -272,9 +315,20 @@ class Store:
                 yield rec
 
     def delete_cell_results(self, cell_id: str) -> None:
-        """Forget everything computed for a cell (``--force``)."""
+        """Forget everything computed for a cell (``--force``), its kept states and
+        learning-curve records included."""
         for path in self.records_dir.glob(f"{cell_id}__*.json"):
             path.unlink(missing_ok=True)
+        if self.curves_dir.is_dir():
+            for path in self.curves_dir.glob(f"{cell_id}__*.json"):
+                path.unlink(missing_ok=True)
+        folder = self.snapshot_dir(cell_id)
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         for path in (self.synset_path(cell_id), self.synset_digest_path(cell_id), self.checkpoint_path(cell_id),
                      self.failure_path(cell_id)):
             path.unlink(missing_ok=True)

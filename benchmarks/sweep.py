@@ -84,9 +84,12 @@ TOP_KEYS = {
     "compile": "auto (default) | on | off: compiled hot paths of condensation and evaluation (methods.compile)",
 }
 BUDGET_KEYS = ("iterations", "eval_epochs")
-METHOD_ENTRY_KEYS = ("method", "label", "budgets", "eval", "ipcs", "seeds", "num_eval")
+METHOD_ENTRY_KEYS = ("method", "label", "budgets", "eval", "ipcs", "seeds", "num_eval", "snapshots")
 """Keys of a method entry that are not config overrides; ``ipcs``/``seeds``/``num_eval`` replace
-the sweep's own lists for that entry only (e.g. an expensive method at IPC 1 and one seed)."""
+the sweep's own lists for that entry only (e.g. an expensive method at IPC 1 and one seed);
+``snapshots`` (a learned method only: iteration counts below its budget) keeps the loop state at
+those iterations of each of its runs and evaluates it as a learning curve
+(:mod:`benchmarks.curves`; not part of the cell ids)."""
 ARCH_FIELDS = ("model", "feature_net", "net", "arch")
 """Config fields naming the network a method condenses with (first one present wins)."""
 
@@ -249,6 +252,8 @@ class _MethodEntry:
     seeds: Optional[list[int]] = None
     num_eval: Optional[int] = None
     """The entry's own ``ipcs``/``seeds``/``num_eval`` (None: the sweep's)."""
+    snapshots: tuple[int, ...] = ()
+    """Iterations whose loop state each run keeps and evaluates (learning curve), ascending."""
 
 
 class _Validator:
@@ -489,6 +494,8 @@ class _Validator:
                 self.add(f"{where}.{k}", "the whole-dataset baseline takes no config overrides")
             if own["ipcs"] is not None:
                 self.add(f"{where}.ipcs", "the whole-dataset baseline has no IPC")
+            if "snapshots" in m:
+                self.add(f"{where}.snapshots", "the whole-dataset baseline has no iterations to keep; remove it")
             return _MethodEntry(where, WHOLE, label or "whole dataset" + _eval_suffix(own_eval, plan),
                                 {}, None, ep, None, plan, seeds=own["seeds"], num_eval=own["num_eval"])
         valid = available_methods()
@@ -522,8 +529,15 @@ class _Validator:
         except Exception as exc:  # MethodError from the config's own validate()
             self.add(where, str(exc))
             return None
+        snapshots: tuple[int, ...] = ()
         if not getattr(method, "learned", True):
             it = None  # coresets have no iteration budget: keep their cell ids independent of it
+            if "snapshots" in m:
+                self.add(f"{where}.snapshots", f"{name} is not a learned method: it has no iterations to keep "
+                         "(snapshots apply to learned methods only); remove it")
+        elif "snapshots" in m:
+            budget = it if it is not None else getattr(method.config, "iterations", None)
+            snapshots = self._snapshots(m["snapshots"], f"{where}.snapshots", budget)
         full = method.config.to_dict()
         canonical = {k: full[k] for k in overrides if k in full}
         base = method_base_overrides(name)
@@ -532,7 +546,25 @@ class _Validator:
             label = name if not canonical else name + "(" + ", ".join(
                 f"{k}={v}" for k, v in sorted(canonical.items()) if k not in base) + ")"
             label += _eval_suffix(own_eval, plan)
-        return _MethodEntry(where, name, label, canonical, it, ep, arch, plan, method, **own)
+        return _MethodEntry(where, name, label, canonical, it, ep, arch, plan, method, **own, snapshots=snapshots)
+
+    def _snapshots(self, raw: Any, where: str, budget: Optional[int]) -> tuple[int, ...]:
+        """Distinct positive iteration counts below ``budget`` (when known), ascending."""
+        if not isinstance(raw, list) or not raw:
+            self.add(where, f"must be a non-empty list of iteration counts, e.g. [10, 50, 200], got {raw!r}")
+            return ()
+        out: list[int] = []
+        for i, n in enumerate(raw):
+            if not _is_int(n) or n < 1:
+                self.add(f"{where}[{i}]", f"must be a positive integer (an iteration count), got {n!r}")
+            elif budget is not None and n >= budget:
+                self.add(f"{where}[{i}]", f"{n} is not below the budget of {budget} iterations (the final set is "
+                         "the last point of the curve already); choose a smaller count")
+            elif n in out:
+                self.add(f"{where}[{i}]", f"duplicate iteration count {n}")
+            else:
+                out.append(int(n))
+        return tuple(sorted(out))
 
     def _eval_overrides(self, raw: Any, where: str, inherited: Mapping[str, Any],
                         eval_epochs: Optional[int]) -> Optional[dict[str, Any]]:
@@ -587,7 +619,7 @@ class _Validator:
                             continue
                         seen[cid] = e.where
                         cells.append(Cell(cell_id=cid, label=e.label, eval_archs=tuple(eval_archs),
-                                          **fields))
+                                          snapshots=e.snapshots, **fields))
         if self.spec.get("random_baseline", True) is True and not self.problems:
             cells.extend(self._baselines(datasets, ipcs, entries, seeds, eval_archs, num_eval, seen))
         return [] if self.problems else cells

@@ -21,11 +21,23 @@ from methods.errors import MethodError
 
 class CheckpointStore(Protocol):
     """Where a method's loop state goes. ``benchmarks`` provides a file-backed one; tests use
-    :class:`MemoryCheckpointStore`. States are dicts of tensors and primitives."""
+    :class:`MemoryCheckpointStore`. States are dicts of tensors and primitives.
+
+    ``save`` replaces the one resumable state. A store may also offer ``keep(state, n)``
+    (:class:`KeepingCheckpointStore`): keep a copy of the state after ``n`` iterations beside
+    it, never replaced by later saves -- what :attr:`RunContext.keep_at` uses for learning
+    curves (the accuracy of the set at a few iterations of one run)."""
 
     def load(self) -> Optional[dict[str, Any]]: ...
 
     def save(self, state: dict[str, Any]) -> None: ...
+
+
+class KeepingCheckpointStore(CheckpointStore, Protocol):
+    """A :class:`CheckpointStore` that can also keep the state of chosen iterations."""
+
+    def keep(self, state: dict[str, Any], iteration: int) -> None:
+        """Keep ``state`` (``state['iteration'] == iteration``: that many iterations done)."""
 
 
 class MemoryCheckpointStore:
@@ -34,6 +46,7 @@ class MemoryCheckpointStore:
 
     def __init__(self) -> None:
         self._blob: Optional[bytes] = None
+        self._kept: dict[int, bytes] = {}
         self.saves = 0
 
     def load(self) -> Optional[dict[str, Any]]:
@@ -46,6 +59,16 @@ class MemoryCheckpointStore:
         torch.save(state, buf)
         self._blob = buf.getvalue()
         self.saves += 1
+
+    def keep(self, state: dict[str, Any], iteration: int) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self._kept[int(iteration)] = buf.getvalue()
+
+    @property
+    def kept(self) -> dict[int, dict[str, Any]]:
+        """The kept states by iteration (fresh copies), ascending."""
+        return {n: torch.load(io.BytesIO(blob), weights_only=True) for n, blob in sorted(self._kept.items())}
 
 
 class StopRequested(Exception):
@@ -72,6 +95,10 @@ class RunContext:
     * ``resources``: artefacts of an earlier, shared stage that a method needs, by name (e.g.
       ``"expert_trajectories"`` for trajectory matching); the caller loads them, a method reads
       them with :meth:`resource`, which names the missing stage in its error.
+    * ``keep_at``: iteration counts N at which ``iteration_done`` also hands the state after N
+      iterations to ``checkpoint.keep(state, N)`` (a :class:`KeepingCheckpointStore`), besides
+      the periodic save: the points of a learning curve of this one run. Empty (the default):
+      nothing is kept and nothing else changes. Needs a checkpoint store with ``keep``.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -84,11 +111,19 @@ class RunContext:
     stop_after: Optional[int] = None
     compile: str = "off"
     resources: dict[str, Any] = field(default_factory=dict)
+    keep_at: frozenset[int] = frozenset()
     _latest: Optional[dict[str, Any]] = field(default=None, repr=False)
     _done_in_this_run: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
+        bad = [n for n in self.keep_at if isinstance(n, bool) or not isinstance(n, int) or n < 1]
+        if bad:
+            raise MethodError(f"keep_at must hold positive iteration counts, got {sorted(map(repr, bad))}")
+        self.keep_at = frozenset(int(n) for n in self.keep_at)
+        if self.keep_at and not callable(getattr(self.checkpoint, "keep", None)):
+            raise MethodError("keep_at needs a checkpoint store that can keep states (one with a keep method); "
+                              "give the run a checkpoint path or snapshot folder")
 
     def resume_state(self) -> Optional[dict[str, Any]]:
         """The last saved loop state, or None for a fresh start."""
@@ -102,12 +137,15 @@ class RunContext:
     def iteration_done(self, iteration: int, state_fn: Callable[[], dict[str, Any]]) -> None:
         """Call at the end of every outer iteration with a function returning the full loop
         state *after* that iteration (cloned tensors). ``state['iteration']`` must be the
-        index of the next iteration to run."""
+        index of the next iteration to run. When ``iteration + 1`` is in ``keep_at`` the state
+        is also kept (``checkpoint.keep``)."""
         self._done_in_this_run += 1
         if self.checkpoint is not None:
             self._latest = state_fn()
             if (iteration + 1) % max(1, self.checkpoint_every) == 0:
                 self.checkpoint.save(self._latest)
+            if iteration + 1 in self.keep_at:
+                self.checkpoint.keep(self._latest, iteration + 1)  # type: ignore[attr-defined]
         if self.stop_after is not None and self._done_in_this_run >= self.stop_after:
             if self._latest is not None and self.checkpoint is not None:
                 self.checkpoint.save(self._latest)
