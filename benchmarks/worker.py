@@ -19,6 +19,13 @@ The synthetic set is written with its size and SHA-256 (``synsets/<cell_id>.json
 set that does not match them, or does not load, is recomputed (with a log line) and the cell
 re-evaluated on every architecture.
 
+A cell with ``snapshots`` (iteration counts) keeps the loop state after each of them in
+``<out>/snapshots/<cell_id>/it<N:06d>.pt`` while it condenses; once the cell's records are
+written, every kept state of the cell without a curve record is evaluated like the final set
+(same plan, networks and architectures) and written to ``<out>/curves/`` as soon as it is done
+(:func:`benchmarks.curves.evaluate_kept_states`). A job stopped during that step leaves a done
+cell; ``python -m benchmarks curve STORE`` evaluates the points still missing.
+
 Trajectory matching (MTT, DATM) reads its expert trajectories from the store's ``experts/``
 folder (:attr:`benchmarks.store.Store.experts_root`), which the sweep's expert stage filled
 before the cell started (:mod:`benchmarks.stages`).
@@ -182,7 +189,8 @@ def run_cell(
                 cell.method, dict(cell.overrides), dataset, cell.ipc, cell.seed, device=dev,
                 iterations=cell.iterations, checkpoint_path=store.checkpoint_path(cell.cell_id),
                 checkpoint_every=checkpoint_every, cache_dir=store.cache_dir, progress=progress,
-                log=_log, experts_root=store.experts_root, compile=compile, **extra,
+                log=_log, experts_root=store.experts_root, compile=compile,
+                keep_at=cell.snapshots, keep_dir=store.snapshot_dir(cell.cell_id), **extra,
             )
             atomic_write_bytes(path, synset.to_bytes())
             store.write_synset_digest(cell.cell_id)
@@ -214,25 +222,53 @@ def run_cell(
             res = evaluate_synset(synset, dataset, arch, num_eval=cell.num_eval, epochs=cell.eval_epochs,
                                   plan_overrides=plan_overrides, seed=cell.seed, device=dev,
                                   progress=progress, cache=disk_cache(store.cache_dir), compile=compile)
-        cost = dict(condense_cost)
-        cost.update({
-            "eval_wall_time_s": res.wall_time_s, "eval_peak_memory_mb": res.peak_memory_mb,
-            "eval_train_time_s": res.train_time_s, "eval_test_time_s": res.test_time_s,
-        })
-        plan = as_plan_dict(res.plan) or plan_from_result(res.epochs, res.augmentation)
-        selected = None if res.selected_epochs is None else tuple(int(e) for e in res.selected_epochs)
-        store.write_record(Record(
-            cell_id=cell.cell_id, sweep=sweep_name, dataset=cell.dataset, ipc=cell.ipc,
-            method=cell.method, label=cell.label, overrides=dict(cell.overrides),
-            method_config=method_config, iterations=cell.iterations, seed=cell.seed,
-            train_arch=cell.train_arch, eval_arch=res.arch, num_eval=res.num_eval,
-            eval_epochs=res.epochs, eval_augmentation=None if res.augmentation is None else str(res.augmentation),
-            eval_plan=plan, labels=res.labels, selected_epochs=selected, accuracies=tuple(float(a) for a in res.accuracies), cost=cost,
-            synset_path=None if synset is None else store.synset_relpath(cell.cell_id),
-            code_version=code_version(), host=socket.gethostname(), device=str(res.device), **meta,
-        ))
+        store.write_record(cell_record(
+            cell, res, sweep_name=sweep_name, method_config=method_config, meta=meta, condense_cost=condense_cost,
+            synset_path=None if synset is None else store.synset_relpath(cell.cell_id)))
         written.append(arch)
         mean = sum(res.accuracies) / max(1, len(res.accuracies))
         _log(f"cell {cell.cell_id} on {res.arch}: mean accuracy {100 * mean:.2f}% over {res.num_eval} nets")
+    if synset is not None:
+        from benchmarks.curves import evaluate_kept_states
+
+        evaluate_kept_states(store, cell, synset, dataset, sweep_name=sweep_name, device=dev, progress=progress,
+                             compile=compile, log=_log)
     store.clear_failure(cell.cell_id)
     return {"cell_id": cell.cell_id, "archs_written": written}
+
+
+def cell_record(
+    cell: Cell,
+    res: Any,
+    *,
+    sweep_name: str,
+    method_config: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    condense_cost: Mapping[str, Any],
+    synset_path: Optional[str],
+    iterations: Optional[int] = None,
+    status: str = "done",
+) -> Record:
+    """The :class:`Record` of ``cell`` evaluated as ``res`` (a
+    :class:`benchmarks.evaluate.EvalResult`): the cell's fields, the executed plan, the
+    accuracies and the cost (``condense_cost`` plus the evaluation's times). ``iterations``
+    and ``status`` default to the cell's budget and ``done``; a learning-curve point passes
+    its iteration count and ``curve`` (:mod:`benchmarks.curves`). ``meta``:
+    :func:`benchmarks.record.method_fields` + :func:`benchmarks.record.dataset_fields`."""
+    cost = dict(condense_cost)
+    cost.update({
+        "eval_wall_time_s": res.wall_time_s, "eval_peak_memory_mb": res.peak_memory_mb,
+        "eval_train_time_s": res.train_time_s, "eval_test_time_s": res.test_time_s,
+    })
+    plan = as_plan_dict(res.plan) or plan_from_result(res.epochs, res.augmentation)
+    selected = None if res.selected_epochs is None else tuple(int(e) for e in res.selected_epochs)
+    return Record(
+        cell_id=cell.cell_id, sweep=sweep_name, dataset=cell.dataset, ipc=cell.ipc,
+        method=cell.method, label=cell.label, overrides=dict(cell.overrides),
+        method_config=dict(method_config), iterations=cell.iterations if iterations is None else int(iterations),
+        seed=cell.seed, train_arch=cell.train_arch, eval_arch=res.arch, num_eval=res.num_eval,
+        eval_epochs=res.epochs, eval_augmentation=None if res.augmentation is None else str(res.augmentation),
+        eval_plan=plan, labels=res.labels, selected_epochs=selected,
+        accuracies=tuple(float(a) for a in res.accuracies), cost=cost, synset_path=synset_path,
+        code_version=code_version(), host=socket.gethostname(), device=str(res.device), status=status, **meta,
+    )
