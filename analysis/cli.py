@@ -33,6 +33,13 @@ examples:
   condbench-analysis figure accuracy-vs-ipc results/quick --out acc.pdf
   condbench-analysis figure image-grid results/quick --dataset cifar10 --ipc 10 --out grid.png
 
+  # our cells at the papers' budgets against the published numbers, with a verdict each
+  condbench-analysis table fidelity results/cpu_fashion_paper --all
+
+  # learning curves from kept checkpoints (curves/), as a table and a figure (.png and .pdf)
+  condbench-analysis table curve results/cpu_fashion_paper
+  condbench-analysis figure curve results/cpu_fashion_paper -o figs/curve
+
   # what is in a store: records, missing and failed cells, skipped files
   condbench-analysis summary results/quick
 """
@@ -63,22 +70,25 @@ def _parser() -> argparse.ArgumentParser:
         "table",
         help="print one table to stdout",
         description="Print one table: main (methods x dataset/IPC), cross (train -> eval "
-        "architectures), ablation (variants of a method with ablation components), cost (time and memory).",
+        "architectures), ablation (variants of a method with ablation components), cost (time and memory), "
+        "scores (gain over same-protocol random), fidelity (cells at the papers' budgets: verdict and cost), "
+        "curve (accuracy at kept iterations of a run).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("kind", choices=TABLES)
     t.add_argument("results", nargs="+", metavar="RESULTS", help="results folder(s)")
     t.add_argument("--format", choices=FORMATS, default="md", help="output format (default md)")
-    t.add_argument("--published", action="store_true", help="show published numbers (reference notes §4) and the difference (main, cross)")
+    t.add_argument("--published", action="store_true", help="show published numbers (reference notes §4), the difference and, in main, the verdict (main, cross)")
+    t.add_argument("--all", action="store_true", dest="include_all", help="fidelity: also list the cells whose budget differs from the paper's, with the reason")
     t.add_argument("--eval-arch", metavar="ARCH", help="main table: pool evaluations on ARCH instead of each set's training architecture")
 
     f = sub.add_parser("figure", help="draw one figure", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("kind", choices=FIGURES)
     f.add_argument("results", nargs="+", metavar="RESULTS", help="results folder(s)")
-    f.add_argument("--out", required=True, metavar="FILE", help="image file (.png, .pdf or .svg; no suffix writes .png and .pdf)")
-    f.add_argument("--dataset", help="only this dataset (accuracy-vs-ipc, cross-heatmap, image-grid)")
-    f.add_argument("--ipc", type=int, help="only this IPC (cross-heatmap, image-grid)")
+    f.add_argument("--out", "-o", required=True, metavar="FILE", help="image file (.png, .pdf or .svg; no suffix writes .png and .pdf); a folder (existing, or ending in /) gets <figure>.png and .pdf")
+    f.add_argument("--dataset", help="only this dataset (accuracy-vs-ipc, cross-heatmap, image-grid, curve)")
+    f.add_argument("--ipc", type=int, help="only this IPC (cross-heatmap, image-grid, curve)")
     f.add_argument("--method", action="append", dest="methods", metavar="LABEL", help="image-grid: only these method labels (repeatable)")
     f.add_argument("--max-ipc", type=int, default=10, help="image-grid: at most this many images per class (default 10)")
     f.add_argument("--eval-arch", metavar="ARCH", help="accuracy-vs-ipc: evaluations on ARCH instead of the training architecture")
@@ -111,6 +121,9 @@ def _summary(results: Results) -> str:
         f"hardware: {'; '.join(results.hardware()) or 'unknown'}",
         f"planned (cell x eval arch): {len(results.cells)}; missing: {len(results.missing)}",
     ]
+    if not results.curves.empty:
+        points = results.curves.drop_duplicates(["store", "cell_id", "eval_arch", "iterations"])
+        lines.insert(2, f"curve records: {len(points)} (learning-curve points of {points['cell_id'].nunique()} cell(s))")
     for _, m in results.missing.iterrows():
         detail = f" ({m['detail']})" if m["detail"] else ""
         ipc = "whole" if pd.isna(m["ipc"]) else f"ipc={m['ipc']}"
@@ -140,7 +153,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         from analysis.tables import build_table
 
         results = _load(args.results)
-        table = build_table(args.kind, results, published=args.published, eval_arch=args.eval_arch)
+        if args.include_all and args.kind != "fidelity":
+            raise AnalysisError("--all applies to the fidelity table only; drop it or use `table fidelity`")
+        table = build_table(args.kind, results, published=args.published, eval_arch=args.eval_arch,
+                            include_all=args.include_all)
         sys.stdout.write(table.render(args.format))
         return 0
     if args.command == "figure":
@@ -148,6 +164,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         from analysis.report import ensure_writable
 
         out = Path(args.out)
+        if out.is_dir() or args.out.endswith(("/", "\\")):
+            out = out / args.kind.replace("-", "_")  # a folder: <folder>/<figure>.png and .pdf
         results = _load(args.results)
         ensure_writable(out.parent if str(out.parent) else Path("."))
         fig = build_figure(

@@ -36,7 +36,7 @@ from analysis.tables import (  # noqa: E402
     select_main_runs,
 )
 
-FIGURES = ("accuracy-vs-ipc", "cross-heatmap", "image-grid", "ablation", "cost-scatter", "gain-over-random")
+FIGURES = ("accuracy-vs-ipc", "cross-heatmap", "image-grid", "ablation", "cost-scatter", "gain-over-random", "curve")
 
 COLUMN_WIDTH_IN = 3.3
 
@@ -474,6 +474,66 @@ def gain_over_random(results: Results, dataset: Optional[str] = None, eval_arch:
     return fig
 
 
+def curve_figure(results: Results, dataset: Optional[str] = None, ipc: Optional[int] = None) -> Figure:
+    """Learning curves (:mod:`analysis.fidelity`): accuracy against condensation iterations (log
+    x axis), one panel per (dataset, IPC, evaluation architecture), one line per method label
+    (error bars = std over every evaluation run of the point); a dashed horizontal line at the
+    published mean of the method (its colour, a band of ± the published std) and a dotted grey
+    one at the same-protocol random baseline when the store has it."""
+    from analysis.fidelity import curve_frame, curve_plans, random_baseline
+
+    df = curve_frame(results)
+    if dataset is not None:
+        df = df[df["dataset"] == dataset.lower()]
+    if ipc is not None:
+        df = df[df["ipc"] == ipc]
+    if df.empty:
+        raise AnalysisError("no learning-curve point matches " + ", ".join(
+            x for x in (f"dataset {dataset}" if dataset else "", f"IPC {ipc}" if ipc is not None else "") if x))
+    panels = list(dict.fromkeys(zip(df["dataset"], df["ipc"], df["eval_arch"])))
+    colours = method_colours(results)
+    labels = list(dict.fromkeys(df["method"]))
+    others = [lab for lab, plain in dict(zip(df["method"], df["_plain"])).items() if not plain]
+    with paper_style():
+        fig, axes = _panel_grid(len(panels))
+        for ax, (d, k, arch) in zip(axes, panels):
+            g = df[(df["dataset"] == d) & (df["ipc"] == k) & (df["eval_arch"] == arch)]
+            for i, lab in enumerate(labels):
+                gl = g[g["method"] == lab].sort_values("iterations")
+                if gl.empty:
+                    continue
+                first = gl.iloc[0]
+                colour = colour_for(lab, first["_method"], bool(first["_plain"]), colours, others)
+                ax.errorbar(gl["iterations"].astype(float), gl["mean"], yerr=gl["std"], color=colour,
+                            marker=MARKERS[i % len(MARKERS)], capsize=1.5, elinewidth=0.6,
+                            label=str(first["_display"]), zorder=3)
+                if first["published_confirmed"]:
+                    pm, ps = float(first["published_mean"]), float(first["published_std"])
+                    ax.axhline(pm, color=colour, ls="--", lw=0.8, zorder=2,
+                               label=f"{first['_display']} published [{first['published_confirmed']}]")
+                    if not np.isnan(ps):
+                        ax.axhspan(pm - ps, pm + ps, color=colour, alpha=0.12, lw=0, zorder=1)
+            base = random_baseline(results, d, int(k), arch, curve_plans(results, d, int(k), arch))
+            if base is not None:
+                ax.axhline(base.mean, color="#777777", ls=":", lw=0.9, zorder=2, label="Random (same protocol)")
+            its = sorted(int(i) for i in g["iterations"].unique())
+            ax.set_xscale("log")
+            ax.set_xticks(its)
+            ax.set_xticklabels([str(i) for i in its], rotation=45 if len(its) > 5 else 0)
+            ax.minorticks_off()
+            ax.set_title(f"{results.dataset_display(d)}, IPC {k}, {arch}")
+            ax.set_xlabel("Condensation iterations")
+            ax.set_ylabel("Test accuracy (%)")
+        seen: dict[str, Any] = {}
+        for ax in axes:
+            for h, n in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(n, h)
+        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 3),
+                   bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout()
+    return fig
+
+
 def build_figure(kind: str, results: Results, **kw: Any) -> Figure:
     if kind == "accuracy-vs-ipc":
         return accuracy_vs_ipc(results, dataset=kw.get("dataset"), eval_arch=kw.get("eval_arch"))
@@ -489,4 +549,6 @@ def build_figure(kind: str, results: Results, **kw: Any) -> Figure:
         return cost_scatter(results)
     if kind == "gain-over-random":
         return gain_over_random(results, dataset=kw.get("dataset"), eval_arch=kw.get("eval_arch"))
+    if kind == "curve":
+        return curve_figure(results, dataset=kw.get("dataset"), ipc=kw.get("ipc"))
     raise AnalysisError(f"unknown figure {kind!r}; choose one of {', '.join(FIGURES)}")

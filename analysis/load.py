@@ -7,6 +7,9 @@ A results store is the folder written by the sweep runner (``benchmarks``)::
     <out>/records/<cell_id>__<arch>.json    one per finished (cell, evaluation architecture)
     <out>/synsets/<cell_id>.pt              the synthetic set (not needed for tables)
     <out>/failures/<cell_id>.json           one per failed cell
+    <out>/curves/<cell_id>__<arch>__it<N:06d>.json
+                                            a learning-curve point: the set a cell's run held after
+                                            N iterations, evaluated (status ``curve``)
 
 Records are read with :meth:`benchmarks.record.Record.from_json`, the reader of the one record
 schema the writer uses. Everything tables print about a method comes from the records and
@@ -21,6 +24,12 @@ Nothing here imports torch: tables only need the JSON records. A record that can
 are not a list of fractions) is reported in :attr:`Results.problems` with the file and the
 reason and skipped; it never stops the load. Cells of ``cells.json`` without a usable record
 are listed in :attr:`Results.missing` (with why: not run, failed, corrupt record).
+
+Curve records (``curves/``) have the record schema with ``status: curve`` and ``iterations``
+the iteration of the kept checkpoint. They are read into :attr:`Results.curves` only: no table
+other than the learning-curve ones (:mod:`analysis.fidelity`) sees them, and they never count
+as a cell's record or as missing. :attr:`Results.cell_specs` keeps every ``cells.json`` entry
+as written, so the budget a cell ran at (:mod:`analysis.verdict`) is read from the store.
 """
 
 from __future__ import annotations
@@ -76,6 +85,9 @@ class Results:
     ``failures``: the failure files (``error``, ``log_path`` ...).
     ``problems``: skipped files with the reason.
     ``datasets``: dataset name -> (table order, display name), as the records and cells say.
+    ``curves``: one row per evaluation run of a curve record (the columns of ``runs``;
+    ``iterations`` is the iteration the set was kept at).
+    ``cell_specs``: ``(store, cell_id) -> the cells.json entry`` as written (budgets included).
 
     Method columns of ``runs``/``records``: ``method`` (the registry entry the row belongs
     to), ``method_display``, ``family``, ``family_display``, ``method_order``, ``variant_of``,
@@ -92,6 +104,8 @@ class Results:
     stores: list[str] = field(default_factory=list)
     sweeps: list[str] = field(default_factory=list)
     datasets: dict[str, tuple[int, str]] = field(default_factory=dict)
+    curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RUN_COLUMNS))
+    cell_specs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def hardware(self) -> list[str]:
         """Distinct ``host (device)`` strings of the records, sorted."""
@@ -167,7 +181,7 @@ RUN_COLUMNS = [
     "dataset", "ipc", "method", "label", "label_display", "method_display", "family", "family_display",
     "method_order", "variant_of", "raw_method", "eval_arch", "train_arch", "seed", "run", "accuracy",
     "method_config", "overrides", "variant_overrides", "components", "plain", "labels", "num_eval",
-    "eval_epochs", "eval_augmentation", "eval_plan",
+    "eval_epochs", "eval_augmentation", "eval_plan", "iterations",
     *[f"cost_{k}" for k in COST_KEYS],
     "host", "device", "code_version", "cell_id", "sweep", "store", "record_path", "synset_path",
 ]
@@ -268,6 +282,8 @@ def load_results(paths: Iterable[str | Path]) -> Results:
     stores: list[str] = []
     sweeps: list[str] = []
     datasets: dict[str, tuple[int, str]] = {}
+    curve_rows: list[dict] = []
+    cell_specs: dict[tuple[str, str], dict[str, Any]] = {}
     for store in paths:
         if not store.exists():
             raise AnalysisError(f"results folder {store} does not exist")
@@ -285,6 +301,7 @@ def load_results(paths: Iterable[str | Path]) -> Results:
         # be relabelled by editing its spec and re-running it (finished cells are skipped).
         spec_labels = {c["cell_id"]: c["label"] for c in cells if c.get("label")}
         for c in cells:
+            cell_specs[(str(store), c["cell_id"])] = dict(c)
             info = _info_of(c)
             dataset = str(c.get("dataset"))
             _note_dataset(datasets, dataset, c.get("dataset_order"), c.get("dataset_display"))
@@ -335,6 +352,10 @@ def load_results(paths: Iterable[str | Path]) -> Results:
             _note_dataset(datasets, record.dataset, record.dataset_order, record.dataset_display)
             label = spec_labels.get(record.cell_id, record.label)
             _append_record(record, label, store, rpath, sweep, run_rows, record_rows)
+        for cpath, record in _read_curves(store, problems):
+            _note_dataset(datasets, record.dataset, record.dataset_order, record.dataset_display)
+            label = spec_labels.get(record.cell_id, record.label)
+            _append_record(record, label, store, cpath, sweep, curve_rows, [])
 
     runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS) if run_rows else pd.DataFrame(columns=RUN_COLUMNS)
     records = pd.DataFrame(record_rows)
@@ -350,6 +371,12 @@ def load_results(paths: Iterable[str | Path]) -> Results:
             df["home_arch"] = df["train_arch"].where(df["train_arch"].notna(), home)
     if runs.empty:
         runs["home_arch"] = pd.Series(dtype=object)
+    curves = pd.DataFrame(curve_rows, columns=RUN_COLUMNS) if curve_rows else pd.DataFrame(columns=RUN_COLUMNS)
+    if not curves.empty:
+        curves["ipc"] = curves["ipc"].astype("Int64")
+        curves["home_arch"] = curves["train_arch"].where(curves["train_arch"].notna(), home)
+    else:
+        curves["home_arch"] = pd.Series(dtype=object)
     cells_df = pd.DataFrame(cell_rows, columns=CELL_COLUMNS)
     failures = pd.DataFrame(
         failure_rows,
@@ -365,9 +392,47 @@ def load_results(paths: Iterable[str | Path]) -> Results:
         stores=stores,
         sweeps=sweeps,
         datasets=datasets,
+        curves=curves.reset_index(drop=True),
+        cell_specs=cell_specs,
     )
     results.missing = _missing(results, corrupt_files)
     return results
+
+
+CURVE_STATUS = "curve"
+"""The ``status`` of a learning-curve record (``<out>/curves/``)."""
+
+
+def _read_curves(store: Path, problems: list[Problem]) -> list[tuple[Path, Record]]:
+    """The usable curve records of ``store`` (``curves/*.json``): the record schema with
+    ``status: curve`` and an ``iterations`` count; anything else is a :class:`Problem`."""
+    folder = store / "curves"
+    out: list[tuple[Path, Record]] = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(str(path), f"unreadable curve record ({exc})"))
+            continue
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(str(path), f"bad JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"))
+            continue
+        if not isinstance(data, dict) or data.get("status") != CURVE_STATUS:
+            status = data.get("status") if isinstance(data, dict) else None
+            problems.append(Problem(str(path), f"status is {status!r}, not {CURVE_STATUS!r} (not a curve record)"))
+            continue
+        its = data.get("iterations")
+        if not isinstance(its, int) or isinstance(its, bool) or its <= 0:
+            problems.append(Problem(str(path), f"iterations is {its!r}, expected a positive integer (curve record)"))
+            continue
+        try:
+            # the record checker knows finished records only; a curve point is one in every other way
+            record = Record.from_json({**data, "status": "done"})
+        except RecordError as exc:
+            problems.append(Problem(str(path), str(exc)))
+            continue
+        out.append((path, record))
+    return out
 
 
 def _append_record(record: Record, label: str, store: Path, rpath: Path, sweep: str, run_rows: list,
@@ -403,6 +468,7 @@ def _append_record(record: Record, label: str, store: Path, rpath: Path, sweep: 
         "eval_epochs": record.eval_epochs,
         "eval_augmentation": None if record.eval_augmentation is None else str(record.eval_augmentation),
         "eval_plan": _json(record.eval_plan),
+        "iterations": record.iterations,
         "host": record.host or None,
         "device": record.device or None,
         "code_version": record.code_version or None,

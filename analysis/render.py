@@ -149,6 +149,7 @@ class Cell:
     switch: Optional[bool] = None
     span: int = 1  # LaTeX: \multicolumn over this many columns (md/csv repeat the cell)
     verbatim: bool = False  # text is already formatted for every output (numbers, units)
+    verdict: Optional[str] = None  # shown after the published number (analysis.verdict)
 
     def md(self) -> str:
         if self.switch is not None:
@@ -162,6 +163,8 @@ class Cell:
         core += f" ({self.stat.n})"
         if self.show_published and self.published is not None:
             core += " · " + self._pub_md()
+            if self.verdict:
+                core += " · " + md_escape(self.verdict)
         return core
 
     def _pub_md(self) -> str:
@@ -186,6 +189,8 @@ class Cell:
                 " / " + fmt1(p.mean) + std + "$^{" + p.confirmed + "}$"
                 + r"\,{\scriptsize($" + fmt_signed(self.stat.mean - p.mean) + "$)}"
             )
+            if self.verdict:
+                core += r"\,{\scriptsize " + tex_escape(self.verdict) + "}"
         return core
 
 

@@ -28,8 +28,9 @@ from analysis.load import WHOLE, AnalysisError, Results, arch_key, main_arch
 from analysis.plans import audit_note
 from analysis.published import Published, published_lookup
 from analysis.render import EMPTY, STD_NOTE, Cell, Stat, Table, fmt_mem, fmt_time, summarise
+from analysis.verdict import VERDICT_NOTE, Budget, group_budget, record_budgets, verdict
 
-TABLES = ("main", "cross", "ablation", "cost", "scores")
+TABLES = ("main", "cross", "ablation", "cost", "scores", "fidelity", "curve")
 
 
 # ----------------------------------------------------------------------------------------
@@ -122,7 +123,11 @@ def best_keys(stats: dict[Any, Stat]) -> set:
 
 
 def main_table(results: Results, *, published: bool = False, eval_arch: Optional[str] = None) -> Table:
-    """Rows = methods, columns = dataset x IPC, cells = mean ± std (n) over all runs."""
+    """Rows = methods, columns = dataset x IPC, cells = mean ± std (n) over all runs.
+
+    With ``published``, a cell with a published number also shows the number, the difference
+    and the verdict of :mod:`analysis.verdict` (reproduced / above / below / budget differs; the
+    CSV gets ``verdict`` and ``budget`` columns, the latter the reason a budget differs)."""
     runs = select_main_runs(results, eval_arch)
     if runs.empty:
         raise AnalysisError("no evaluation on the training architecture in the records; try --eval-arch")
@@ -135,14 +140,20 @@ def main_table(results: Results, *, published: bool = False, eval_arch: Optional
         columns.extend((d, i) for i in ipcs) if ipcs else columns.append((d, None))
     stats: dict[tuple[str, str, Optional[int]], Stat] = {}
     archs: dict[tuple[str, str, Optional[int]], set] = {}
+    budgets: dict[tuple[str, str, Optional[int]], Budget] = {}
+    rec_budgets = record_budgets(results) if published else {}
     for (label, d), grp in runs.groupby(["label", "dataset"], sort=True):
         if lm[label] == WHOLE:
             stats[(label, d, None)] = summarise(grp["accuracy"])
             archs[(label, d, None)] = set(grp["eval_arch"].astype(str).str.lower())
+            if published:
+                budgets[(label, d, None)] = group_budget(results, grp, rec_budgets)
             continue
         for ipc, g2 in grp.groupby("ipc", sort=True):
             stats[(label, d, int(ipc))] = summarise(g2["accuracy"])
             archs[(label, d, int(ipc))] = set(g2["eval_arch"].astype(str).str.lower())
+            if published:
+                budgets[(label, d, int(ipc))] = group_budget(results, g2, rec_budgets)
     bold: set = set()
     for col in columns:
         per = {lab: stats[(lab, *col)] for lab in labels if lm[lab] != WHOLE and (lab, *col) in stats}
@@ -172,17 +183,19 @@ def main_table(results: Results, *, published: bool = False, eval_arch: Optional
             if whole:
                 s = stats.get((label, d, None))
                 p = published_for(label, d, None)
-                cell = Cell(stat=s, published=p, show_published=published) if s else Cell(text=EMPTY)
+                v, why = _verdict(s, p, budgets.get((label, d, None)))
+                cell = Cell(stat=s, published=p, show_published=published, verdict=v) if s else Cell(text=EMPTY)
                 cell.span = len(dcols)
                 row.append(cell)
-                records.append(_main_record(ri, label, d, None, s, False, p))
+                records.append(_main_record(ri, label, d, None, s, False, p, v, why))
                 continue
             for col in dcols:
                 s = stats.get((label, *col))
                 p = published_for(label, *col)
                 b = (label, *col) in bold
-                row.append(Cell(stat=s, bold=b, published=p, show_published=published) if s else Cell(text=EMPTY))
-                records.append(_main_record(ri, label, d, col[1], s, b, p))
+                v, why = _verdict(s, p, budgets.get((label, *col)))
+                row.append(Cell(stat=s, bold=b, published=p, show_published=published, verdict=v) if s else Cell(text=EMPTY))
+                records.append(_main_record(ri, label, d, col[1], s, b, p, v, why))
         rows.append(row)
     header = ["Method"]
     subheader = ["Method"]
@@ -196,7 +209,7 @@ def main_table(results: Results, *, published: bool = False, eval_arch: Optional
     data = pd.DataFrame(records)
     data["ipc"] = data["ipc"].astype("Int64")
     if not published:
-        data = data.drop(columns=[c for c in data.columns if c.startswith("published") or c == "diff"])
+        data = data.drop(columns=[c for c in data.columns if c.startswith("published") or c in ("diff", "verdict", "budget")])
     arch_note = (
         f"each set's training architecture ({main_arch(results.records)} for sets chosen without a network)"
         if eval_arch is None else eval_arch
@@ -212,8 +225,9 @@ def main_table(results: Results, *, published: bool = False, eval_arch: Optional
     if published and any(r["published_confirmed"] for r in records):
         notes.append(
             "With published numbers: ours · published ± std [C confirmed in a cited source, "
-            "R official README only, U unconfirmed recollection] · ours − published."
+            "R official README only, U unconfirmed recollection] · ours − published · verdict."
         )
+        notes.append(VERDICT_NOTE)
     elif published:
         notes.append("No published number matches these datasets, IPCs and methods (analysis/data/published.csv).")
     caption = "Test accuracy (%) of condensed sets (mean ± std over evaluation runs)"
@@ -230,7 +244,15 @@ def main_table(results: Results, *, published: bool = False, eval_arch: Optional
     )
 
 
-def _main_record(order: int, label: str, d: str, ipc: Optional[int], s: Optional[Stat], bold: bool, p: Optional[Published]) -> dict:
+def _verdict(s: Optional[Stat], p: Optional[Published], budget: Optional[Budget]) -> tuple[str, str]:
+    """(verdict, budget reason) of a main-table cell; empty strings without a published number."""
+    if s is None or p is None or budget is None:
+        return "", ""
+    return verdict(s, p, budget), budget.reason
+
+
+def _main_record(order: int, label: str, d: str, ipc: Optional[int], s: Optional[Stat], bold: bool,
+                 p: Optional[Published], v: str = "", why: str = "") -> dict:
     return {
         "row": order,
         "method": label,
@@ -245,6 +267,8 @@ def _main_record(order: int, label: str, d: str, ipc: Optional[int], s: Optional
         "published_confirmed": p.confirmed if p else "",
         "published_source": p.source if p else "",
         "diff": (s.mean - p.mean) if (s and p) else np.nan,
+        "verdict": v,
+        "budget": why,
     }
 
 
@@ -470,8 +494,10 @@ def cost_table(results: Results) -> Table:
     )
 
 
-def build_table(kind: str, results: Results, *, published: bool = False, eval_arch: Optional[str] = None) -> Table:
-    """The table ``kind`` (one of :data:`TABLES`) of ``results``."""
+def build_table(kind: str, results: Results, *, published: bool = False, eval_arch: Optional[str] = None,
+                include_all: bool = False) -> Table:
+    """The table ``kind`` (one of :data:`TABLES`) of ``results`` (``include_all``: the fidelity
+    table also lists the cells whose budget differs from the paper's)."""
     if kind == "main":
         return main_table(results, published=published, eval_arch=eval_arch)
     if kind == "cross":
@@ -486,4 +512,12 @@ def build_table(kind: str, results: Results, *, published: bool = False, eval_ar
         from analysis.scores import scores_table
 
         return scores_table(results, eval_arch=eval_arch)
+    if kind == "fidelity":
+        from analysis.fidelity import fidelity_table
+
+        return fidelity_table(results, include_all=include_all)
+    if kind == "curve":
+        from analysis.fidelity import curve_table
+
+        return curve_table(results)
     raise AnalysisError(f"unknown table {kind!r}; choose one of {', '.join(TABLES)}")
