@@ -1,4 +1,4 @@
-"""``run``, ``status`` and ``cancel`` subcommands of ``python -m benchmarks`` (sweeps).
+"""``run``, ``status``, ``cancel`` and ``curve`` subcommands of ``python -m benchmarks`` (sweeps).
 
 ``benchmarks/cli.py`` calls :func:`register` with its subparsers. Examples::
 
@@ -7,6 +7,7 @@
     python -m benchmarks run my.yaml --executor slurm --profile gpu --no-wait
     python -m benchmarks status results/quick
     python -m benchmarks cancel results/quick
+    python -m benchmarks curve results/quick --cell 0123456789ab   # learning-curve points
 
 Problems with a spec are printed all at once (with their YAML paths) and nothing is submitted;
 the exit status is then 2.
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
-    """Add ``run``, ``status`` and ``cancel`` to the ``python -m benchmarks`` parser."""
+    """Add ``run``, ``status``, ``cancel`` and ``curve`` to the ``python -m benchmarks`` parser."""
     p = subparsers.add_parser(
         "run", help="validate a sweep spec and run its cells (skips finished ones)",
         description="Validate SPEC completely, then run every unfinished cell. Re-running is "
@@ -67,6 +68,31 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     c.add_argument("results", help="results folder of a sweep")
     c.set_defaults(func=cmd_cancel)
 
+    k = subparsers.add_parser(
+        "curve", help="evaluate the kept loop states of a store's cells (learning curves)",
+        description="Evaluate every kept loop state (<store>/snapshots/<cell_id>/it<N:06d>.pt: kept by a "
+        "method entry's 'snapshots:' key, or a copy of the cell's checkpoint file made by hand at iteration N) "
+        "of the store's cells that have a final synthetic set and no learning-curve record for it yet. Each "
+        "state is evaluated like the cell's final set (its images, and learned tensors such as MTT's lr, in "
+        "the final set) and written as <store>/curves/<cell_id>__<arch>__it<N:06d>.json, a record with "
+        "status 'curve' and iterations N; one log line per point. Points already written are skipped, so "
+        "the command is safe to re-run; cells still condensing are left for a later run.",
+    )
+    k.add_argument("results", help="results folder of a sweep")
+    k.add_argument("--cell", action="append", default=[], metavar="ID",
+                   help="only this cell id (repeatable; default: every cell with kept states)")
+    k.add_argument("--archs", nargs="+", metavar="ARCH",
+                   help="evaluation architectures (default: each cell's eval_archs)")
+    k.add_argument("--num-eval", type=int, metavar="N",
+                   help="evaluation networks per point (default: each cell's num_eval; points already written "
+                        "are kept whatever their number)")
+    k.add_argument("--data-root", help="folder with the datasets (default: the store's spec.yaml data_root, else data)")
+    k.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: the spec's device, else auto)")
+    k.add_argument("--compile", choices=("auto", "on", "off"), default=None,
+                   help="compiled evaluation hot paths (default: the spec's 'compile:', else auto)")
+    k.add_argument("--progress", action="store_true", help="progress bars while evaluating")
+    k.set_defaults(func=cmd_curve)
+
 
 def run_options(args: argparse.Namespace, sweep: "Sweep") -> "RunOptions":
     """The one :class:`RunOptions` of a ``run`` command: its flags over the spec's values."""
@@ -103,7 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{cell.cell_id:12}  {cell.dataset[:12]:12} {str(cell.ipc or '-'):>5}  {cell.label[:34]:34} "
                   f"{cell.seed:>4}  {str(cell.iterations or 'dflt'):>6} {str(cell.eval_epochs or 'dflt'):>6}  "
                   f"{','.join(cell.eval_archs)}  [{state}]"
-                  + ("  eval: " + ", ".join(f"{k}={v}" for k, v in cell.eval.items()) if cell.eval else ""))
+                  + ("  eval: " + ", ".join(f"{k}={v}" for k, v in cell.eval.items()) if cell.eval else "")
+                  + ("  keep: " + ",".join(map(str, cell.snapshots)) if cell.snapshots else ""))
         if args.executor == "slurm":
             slurm = executor_for("slurm", store, options)
             arrays = slurm.arrays(sweep.name, [(cell, list(cell.eval_archs)) for cell in sweep.cells])
@@ -185,6 +212,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     cancelled = cancel_store(store)
     print(f"cancelled {len(cancelled)} job(s)")
     return 0
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from benchmarks.curves import run_curves
+    from benchmarks.store import Store
+
+    store = Store(args.results)
+    summary = run_curves(store, cells=args.cell, archs=args.archs, num_eval=args.num_eval, data_root=args.data_root,
+                         device=args.device, compile=args.compile, progress=args.progress,
+                         log=lambda msg: print(msg, flush=True))
+    if summary.written or summary.skipped:
+        print(f"curve: {len(summary.written)} point(s) written to {store.curves_dir}"
+              + (f", {len(summary.skipped)} kept state(s) skipped (see above)" if summary.skipped else ""))
+    return 1 if summary.skipped else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
