@@ -4,11 +4,13 @@ Layout of ``--out DIR``::
 
     DIR/report.md                     header (sweep, records, missing/failed cells, hardware),
                                       the tables inline and the figures as relative links
-    DIR/tables/<name>.{md,tex,csv}    main, main_published (when published numbers match),
+    DIR/tables/<name>.{md,tex,csv}    main, main_published (when published numbers match, with
+                                      the verdicts), fidelity (cells at the papers' budgets),
+                                      curve (learning curves, when curves/ has records),
                                       scores (gain over same-protocol random, DD-Ranking's
                                       LRS/ARS), cross, ablation, cost
-    DIR/figures/<name>.{png,pdf}      accuracy_vs_ipc, gain_over_random, cross_heatmap, ablation,
-                                      cost_scatter,
+    DIR/figures/<name>.{png,pdf}      accuracy_vs_ipc, curve, gain_over_random, cross_heatmap,
+                                      ablation, cost_scatter,
                                       image_grid_<dataset>_ipc<k>
 
 A table or figure the data cannot support (no cross-architecture evaluations, no variants of a
@@ -25,6 +27,7 @@ from typing import Callable, Iterable, Optional
 import pandas as pd
 
 from analysis.ablation import ablation_table, has_ablation
+from analysis.fidelity import curve_table, fidelity_table, has_fidelity
 from analysis.load import AnalysisError, Results, load_results
 from analysis.render import Table, md_escape
 from analysis.scores import has_scores, scores_table
@@ -109,6 +112,20 @@ def write_report(paths: Iterable[str | Path], out: str | Path, *, results: Optio
     figs: list = []
     _figure(summary, "accuracy_vs_ipc", "Accuracy vs images per class", lambda: F.accuracy_vs_ipc(results), fdir, figs)
     sections.append(_figs_md(figs))
+
+    if has_fidelity(results):
+        fid = emit(fidelity_table(results))
+        sections.append("## Fidelity: cells at the papers' budgets\n\n" + fid.to_markdown())
+    else:
+        summary.skipped.append("table fidelity: no cell ran at the paper's budget with a published number "
+                               "(`table fidelity --all` lists the others with the reason)")
+    if not results.curves.empty:
+        curve = emit(curve_table(results))
+        figs = []
+        _figure(summary, "curve", "Accuracy vs condensation iterations", lambda: F.curve_figure(results), fdir, figs)
+        sections.append("## Learning curves\n\n" + curve.to_markdown() + _figs_md(figs))
+    else:
+        summary.skipped.append("learning curves: no curve records (curves/) in the store")
 
     if has_scores(results):
         scores = emit(scores_table(results))

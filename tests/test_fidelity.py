@@ -335,3 +335,14 @@ def test_cli_user_errors_are_one_line(store, tmp_path, capsys):
     assert cli_main(["table", "curve", str(root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no curve records" in err[0]
+
+
+def test_report_has_fidelity_and_curves(store, tmp_path):
+    out = tmp_path / "report"
+    assert cli_main(["report", str(store), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## Fidelity: cells at the papers' budgets" in text and "## Learning curves" in text
+    for name in ("fidelity", "curve", "main_published"):
+        for ext in ("md", "tex", "csv"):
+            assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
+    assert (out / "figures" / "curve.png").stat().st_size > 0 and "figures/curve.png" in text
