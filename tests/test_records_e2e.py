@@ -131,9 +131,12 @@ def test_every_table_and_the_report_from_the_sweeps_store(store, tmp_path):
     text = summary.report.read_text()
     for section in ("## Main table", "## Scores", "## Cross-architecture", "## CAFE ablation", "## Cost"):
         assert section in text
-    # digits has no published numbers; every other table was written
+    # digits has no published numbers (so no published column and no fidelity table); every
+    # other table was written
     assert [s for s in summary.skipped if s.startswith(("table", "ablation", "cross"))] == [
-        "table main_published: no published number matches these datasets/IPCs/methods"]
+        "table main_published: no published number matches these datasets/IPCs/methods",
+        "table fidelity: no cell ran at the paper's budget with a published number "
+        "(`table fidelity --all` lists the others with the reason)"]
     for name in ("main", "scores", "cross", "ablation", "cost"):
         assert (tmp_path / "report" / "tables" / f"{name}.tex").stat().st_size > 0
     assert (tmp_path / "report" / "figures" / "gain_over_random.png").stat().st_size > 0
