@@ -48,6 +48,7 @@ cells and ids live in :mod:`benchmarks.cells`, profiles in :mod:`benchmarks.prof
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import re
@@ -254,6 +255,12 @@ class _MethodEntry:
     """The entry's own ``ipcs``/``seeds``/``num_eval`` (None: the sweep's)."""
     snapshots: tuple[int, ...] = ()
     """Iterations whose loop state each run keeps and evaluates (learning curve), ascending."""
+
+    def set_configuration(self) -> str:
+        """What makes this line's sets and evaluations, apart from its ipcs/seeds/num_eval
+        lists: lines with equal configurations are one table row and may share a label."""
+        return json.dumps([self.method, self.overrides, self.iterations, self.eval_epochs, self.train_arch,
+                           self.eval], sort_keys=True, default=str)
 
 
 class _Validator:
@@ -598,11 +605,14 @@ class _Validator:
     def _expand(self, datasets, ipcs, entries, seeds, eval_archs, num_eval) -> list[Cell]:
         cells: list[Cell] = []
         seen: dict[str, str] = {}
-        labels: dict[str, str] = {}
+        labels: dict[str, tuple[str, str]] = {}  # label -> (first line, its set configuration)
         for e in entries:
-            if e.label in labels and labels[e.label] != e.where:
-                self.add(f"{e.where}.label", f"label '{e.label}' is already used by {labels[e.label]}")
-            labels.setdefault(e.label, e.where)
+            # one label is one table row: two lines may share it only when they make the same
+            # sets (they differ in their ipcs/seeds/num_eval/snapshots lists alone)
+            first = labels.setdefault(e.label, (e.where, e.set_configuration()))
+            if first[0] != e.where and first[1] != e.set_configuration():
+                self.add(f"{e.where}.label", f"label '{e.label}' is already used by {first[0]}, which makes "
+                         "other sets (method, overrides, budgets or eval differ); give this line its own label")
         for _, dataset, _info in datasets:
             for e in entries:
                 cell_ipcs: list[Optional[int]] = [None] if e.method == WHOLE else list(e.ipcs or ipcs)

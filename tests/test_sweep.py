@@ -359,6 +359,21 @@ def test_a_method_entry_can_narrow_ipcs_seeds_and_num_eval(tmp_path):
     assert ids(plain) == [dm[0].cell_id]
 
 
+def test_lines_of_one_configuration_share_a_label_and_others_may_not(tmp_path):
+    # the same method split over two lines with their own lists (5 draws at IPC 1/10, 2 at 50)
+    sw = build_sweep(spec(tmp_path, ipcs=[1, 10, 50], methods=[
+        {"method": "random", "ipcs": [1, 10], "seeds": [0, 1, 2], "num_eval": 2},
+        {"method": "random", "ipcs": [50], "seeds": [0]}]))
+    assert sorted((c.ipc, c.seed, c.label) for c in sw.cells) == [
+        (1, 0, "random"), (1, 1, "random"), (1, 2, "random"), (10, 0, "random"), (10, 1, "random"),
+        (10, 2, "random"), (50, 0, "random")]
+    # a line that makes other sets cannot take a label in use: it would merge two rows
+    with pytest.raises(SpecError, match=r"methods\[1\]\.label: label 'DM' is already used by methods\[0\], "
+                                        r"which makes other sets"):
+        build_sweep(spec(tmp_path, methods=[{"method": "dm", "label": "DM", "ipcs": [1]},
+                                            {"method": "dm", "label": "DM", "ipcs": [10], "lr_img": 2.0}]))
+
+
 def test_same_protocol_baselines_follow_an_entrys_own_ipcs_and_seeds(tmp_path):
     sw = build_sweep(spec(tmp_path, methods=[{"method": "dsa", "ipcs": [1], "seeds": [0]}], random_baseline=True))
     base = [c for c in sw.cells if c.method == "random"]
