@@ -28,7 +28,7 @@ from methods.errors import MethodError
 from methods.networks import canonical_network_name, get_network
 from methods.protocol import Augmentation, DCAugmentation, DSAAugmentation, EvalPlan, ResolvedPlan, epoch_schedule
 from methods.rng import make_generator
-from methods.training import Augment, LossFn, accuracy, make_loss, make_optimizer, train_epoch
+from methods.training import Augment, Heartbeat, LossFn, accuracy, make_loss, make_optimizer, train_epoch
 
 log = logging.getLogger("benchmarks.evaluate")  # one logger for the whole protocol (job logs filter on it)
 
@@ -157,6 +157,14 @@ def train_and_test(
     opt = None
     best_acc, best_state, chosen = -1.0, None, len(passes) - 1
     start = time.perf_counter()
+    heartbeat = Heartbeat(log.info)
+    ep = 0
+
+    def beat(done: int, total: int) -> None:
+        heartbeat.beat(lambda: f"{arch} network {net_index + 1}: pass {ep + 1}/{len(passes)}"
+                               f"{f' ({done}/{total} images)' if total > batch_size else ''}, "
+                               f"{time.perf_counter() - start:.0f} s")
+
     for ep, (ep_lr, new) in enumerate(passes):
         if new or opt is None:
             opt = make_optimizer(optimizer, net.parameters(), ep_lr, momentum=momentum, weight_decay=weight_decay)
@@ -165,7 +173,7 @@ def train_and_test(
                 group["lr"] = ep_lr
         with autocast_context(device, bf16):
             train_epoch(net, images, labels, opt, batch_size=batch_size, generator=g, augment=augment,
-                        loss_fn=loss_fn, forward=forward)
+                        loss_fn=loss_fn, forward=forward, on_step=beat)
         if validation is not None:
             val_acc = test_accuracy(net, validation[0], validation[1], bf16=bf16, compile=use_compile)
             if val_acc > best_acc:

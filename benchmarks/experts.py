@@ -54,6 +54,7 @@ from methods.errors import MethodError
 from methods.networks import canonical_network_name, get_network
 from methods.realdata import ClassData
 from methods.rng import make_generator
+from methods.training import Heartbeat
 from methods.trajectories import RESOURCE, TrajectoryKey, Trajectories, flat_parameters
 from methods.zca import ZCA
 
@@ -152,11 +153,12 @@ def train_expert(
     device: torch.device,
     resume: Optional[Mapping[str, Any]] = None,
     on_epoch: Optional[Callable[[int, dict[str, Any]], None]] = None,
+    log: Callable[[str], None] = lambda msg: None,
 ) -> Tensor:
     """Train expert ``index`` of ``key`` on ``data`` (already whitened when ``key.zca``) and
     return its trajectory (epochs + 1, P) on the CPU. ``resume`` is a partial state written
     through ``on_epoch(epoch, state)``, which is called after every finished epoch with the
-    state to continue from."""
+    state to continue from. ``log`` gets one line per epoch and a heartbeat within long epochs."""
     net = get_network(key.arch, data.channel, data.num_classes, data.im_size,
                       seed=key.expert_seed(index, "init"), device=device)
     net.train()
@@ -173,9 +175,12 @@ def train_expert(
     dsa = DSA(key.dsa_strategy or default_dsa_strategy(data.name, data.flip_preserves_label)) if key.dsa else None
     images, labels = data.images.to(device), data.labels.to(device)
     n = images.shape[0]
+    heartbeat, start = Heartbeat(log), time.perf_counter()
     for epoch in range(first, key.epochs):
         perm = torch.randperm(n, generator=gen).to(device)
         for b in range(0, n, key.batch):
+            heartbeat.beat(lambda: f"expert {index}: epoch {epoch + 1}/{key.epochs} ({b}/{n} images), "
+                                   f"{time.perf_counter() - start:.0f} s")
             idx = perm[b : b + key.batch]
             x = images[idx]
             if dsa is not None:
@@ -185,6 +190,7 @@ def train_expert(
             loss.backward()
             opt.step()
         snapshots.append(flat_parameters(net.parameters()).cpu())
+        log(f"expert {index}: epoch {epoch + 1}/{key.epochs} done, {time.perf_counter() - start:.0f} s")
         if on_epoch is not None and epoch + 1 < key.epochs:
             on_epoch(epoch + 1, {
                 "key": key.to_dict(), "index": int(index), "epoch": epoch + 1,
@@ -252,7 +258,7 @@ def train_experts(
             if on_epoch is not None:
                 on_epoch(i, epoch)
 
-        trajectory = train_expert(data, key, i, device=device, resume=resume, on_epoch=save_partial)
+        trajectory = train_expert(data, key, i, device=device, resume=resume, on_epoch=save_partial, log=log)
         _save_torch({"magic": MAGIC, "format_version": FORMAT_VERSION, "key": key.to_dict(), "index": i,
                      "trajectory": trajectory}, final)
         seconds = before + time.perf_counter() - t0

@@ -33,6 +33,7 @@ decay 5e-4, batch 256, the reference step schedule, DC's augmentation rule) on h
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
@@ -41,6 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks import UserError
+
+log = logging.getLogger("benchmarks.teacher")
 
 TEACHER_LABELS = "teacher"
 TEACHER_KEYS = ("teacher_arch", "teacher_epochs", "teacher_per_view")
@@ -212,7 +215,7 @@ def train_teacher(dataset: Any, arch: str, *, seed: int, epochs: int = DEFAULT_T
     from methods.networks import canonical_network_name, get_network
     from methods.protocol import EvalPlan, epoch_schedule
     from methods.rng import make_generator
-    from methods.training import make_optimizer, train_epoch
+    from methods.training import Heartbeat, make_optimizer, train_epoch
 
     arch = canonical_network_name(arch)
     device = torch.device(device) if device is not None else dataset.device
@@ -226,11 +229,17 @@ def train_teacher(dataset: Any, arch: str, *, seed: int, epochs: int = DEFAULT_T
         x, y = dataset.train.images.to(device), dataset.train.labels.to(device)
         start = time.perf_counter()
         opt = None
-        for lr, new in epoch_schedule(plan.plan.schedule, plan.epochs, plan.lr):
+        passes = list(epoch_schedule(plan.plan.schedule, plan.epochs, plan.lr))
+        heartbeat = Heartbeat(log.info)
+        log.info("teacher %s on %s: training %d passes over %d images", arch, dataset.name, len(passes), len(y))
+        for ep, (lr, new) in enumerate(passes):
             if new or opt is None:
                 opt = make_optimizer("sgd", net.parameters(), lr, momentum=plan.plan.momentum,
                                      weight_decay=plan.plan.weight_decay)
-            train_epoch(net, x, y, opt, batch_size=plan.plan.batch_size, generator=gen, augment=augment)
+            train_epoch(net, x, y, opt, batch_size=plan.plan.batch_size, generator=gen, augment=augment,
+                        on_step=lambda done, total, ep=ep: heartbeat.beat(
+                            lambda: f"teacher {arch}: pass {ep + 1}/{len(passes)} ({done}/{total} images), "
+                                    f"{time.perf_counter() - start:.0f} s"))
         trained["train_time_s"] = time.perf_counter() - start
         acc = test_accuracy(net, dataset.test_images.to(device), dataset.test_labels.to(device))
         return {"state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},

@@ -49,7 +49,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,8 @@ from methods.realdata import ClassData
 from methods.networks import canonical_network_name, get_network
 from methods.rng import derive_seed, make_generator
 from methods.synset import SyntheticSet
-from methods.training import sgd, train_epoch
+from methods.compile import compiled, context_mode, resolve_compile
+from methods.training import Heartbeat, sgd, train_epoch
 
 EMBED_BATCH = 512
 """Images per forward pass when computing embeddings (no autograd, eval mode)."""
@@ -218,6 +219,8 @@ def train_feature_net_tracked(
     *,
     device: torch.device,
     progress: bool = False,
+    compile: str = "off",
+    log: Optional[Callable[[str], None]] = None,
 ) -> tuple[nn.Module, dict[str, float], Tensor]:
     """Train ``config.feature_net`` on all of ``real`` (no cache), recording every presentation.
 
@@ -239,7 +242,17 @@ def train_feature_net_tracked(
     lr = config.feature_lr
     opt = sgd(net.parameters(), lr, config.feature_momentum, config.feature_weight_decay)
     acc = -1.0
+    steps_per_epoch = -(-len(real) // config.feature_batch)
+    use_compile = resolve_compile(compile, device, steps=epochs * steps_per_epoch)
+    forward = compiled(net, enabled=use_compile, batch=min(config.feature_batch, max(1, len(real))))
+    heartbeat = Heartbeat(log or (lambda msg: None))
     bar = tqdm(range(epochs), desc="feature net", disable=not progress, leave=False)
+    ep = 0
+
+    def beat(done: int, total: int) -> None:
+        heartbeat.beat(lambda: f"feature network: epoch {ep + 1}/{epochs} ({done}/{total} images), "
+                               f"{time.perf_counter() - start:.0f} s")
+
     for ep in bar:
         if ep == epochs // 2 and ep > 0:
             # The evaluation protocol's drop: lr x0.1 with a fresh optimiser (momentum reset).
@@ -248,9 +261,12 @@ def train_feature_net_tracked(
         recorder.start_epoch(ep)
         loss, _ = train_epoch(
             net, images, recorder.targets, opt, batch_size=config.feature_batch, generator=order,
-            loss_fn=recorder,
+            loss_fn=recorder, forward=forward, on_step=beat,
         )
         acc = recorder.finish_epoch()
+        if log is not None:
+            log(f"feature network: epoch {ep + 1}/{epochs} done, training accuracy {100 * acc:.1f} %, "
+                f"{time.perf_counter() - start:.0f} s")
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
     net.eval()
     figures = {"train_time_s": time.perf_counter() - start, "train_accuracy": float(acc)}
@@ -281,7 +297,8 @@ def _trained_entry(
 
     def compute() -> dict:
         net, figures, history = train_feature_net_tracked(
-            real, seed, config, device=context.device, progress=context.progress
+            real, seed, config, device=context.device, progress=context.progress,
+            compile=context_mode(context), log=context.log,
         )
         trained.update(figures)
         return {
@@ -351,14 +368,15 @@ def presentation_history(
 
 
 @torch.no_grad()
-def embeddings(net: nn.Module, images: Tensor, *, batch_size: int = EMBED_BATCH) -> Tensor:
+def embeddings(net: nn.Module, images: Tensor, *, batch_size: int = EMBED_BATCH, compile: bool = False) -> Tensor:
     """``net.embed`` of ``images`` in eval mode without autograd, ``batch_size`` at a time,
-    on the network's device. Returns (N, d)."""
+    on the network's device (through the shared compiled graph with ``compile``). Returns (N, d)."""
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
+    embed = compiled(net, "embed", enabled=compile, batch=batch_size)
     chunks = [
-        net.embed(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)
+        embed(images[i : i + batch_size].to(device)) for i in range(0, images.shape[0], batch_size)
     ]
     net.train(was_training)
     if not chunks:
@@ -379,7 +397,8 @@ def coreset_features(
         }
     net, figures = feature_network(real, seed, config, context)
     start = time.perf_counter()
-    feats = embeddings(net, real.images)
+    steps = -(-len(real) // EMBED_BATCH)
+    feats = embeddings(net, real.images, compile=resolve_compile(context_mode(context), context.device, steps=steps))
     figures["embedding_time_s"] = time.perf_counter() - start
     return feats, figures
 

@@ -1,12 +1,13 @@
 """Training loops shared by the methods (inner loops) and the evaluation protocol.
 
 Data are tensors already on the device: one epoch is a seeded permutation and plain tensor
-indexing, never a DataLoader (the reference rebuilds a DataLoader per epoch; see DESIGN.md,
-"Speed").
+indexing, never a DataLoader (the reference rebuilds a DataLoader per epoch; the README's
+Performance section measures the difference).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
 import torch
@@ -50,6 +51,23 @@ def make_loss(name: str, temperature: float = 1.0) -> Optional[LossFn]:
     raise ValueError(f"unknown loss '{name}'; valid: ce, soft_ce, kl")
 
 
+class Heartbeat:
+    """Progress lines for job logs from inside long loops: ``beat(message)`` passes
+    ``message()`` to ``say`` when ``every_s`` seconds have passed since the last line (or since
+    the heartbeat was made), else does nothing. A job log then shows a line at least every
+    ``every_s`` seconds of work even where one epoch or one network takes minutes."""
+
+    def __init__(self, say: Callable[[str], None], every_s: float = 30.0) -> None:
+        self.say, self.every_s = say, float(every_s)
+        self.last = time.perf_counter()
+
+    def beat(self, message: Callable[[], str]) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.say(message())
+
+
 def train_epoch(
     net: nn.Module,
     images: Tensor,
@@ -61,6 +79,7 @@ def train_epoch(
     augment: Optional[Augment] = None,
     loss_fn: Optional[LossFn] = None,
     forward: Optional[Callable[[Tensor], Tensor]] = None,
+    on_step: Optional[Callable[[int, int], None]] = None,
 ) -> tuple[float, float]:
     """One shuffled epoch of cross-entropy training (the reference ``epoch('train', ...)``).
 
@@ -69,7 +88,8 @@ def train_epoch(
     are class ids for the default hard-label cross-entropy; with ``loss_fn`` they are whatever
     it takes (e.g. (N, classes) soft-label logits; accuracy then compares with their arg-max).
     ``forward`` replaces ``net(x)`` (a :func:`methods.compile.compiled` call of ``net``; the
-    optimiser still steps ``net``'s parameters).
+    optimiser still steps ``net``'s parameters). ``on_step(done, total)`` is called after every
+    minibatch with the images done so far (e.g. a :class:`Heartbeat` for long epochs).
     """
     net.train()
     n = images.shape[0]
@@ -88,6 +108,8 @@ def train_epoch(
         optimizer.step()
         loss_sum += loss.detach() * y.shape[0]
         correct += (out.detach().argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum()
+        if on_step is not None:
+            on_step(min(start + batch_size, n), n)
     return float(loss_sum) / n, float(correct) / n
 
 

@@ -295,3 +295,22 @@ def test_compiled_dc_run_matches_eager_and_compiles_one_graph(aot):
     torch.testing.assert_close(a.images, e.images, rtol=1e-4, atol=1e-4)
     assert a.cost["compile_graphs"] >= 1 and a.cost["compile_recompiles"] == 0
     assert "compile_graphs" not in e.cost
+
+
+def test_compiled_feature_network_matches_eager_and_keeps_its_history(aot):
+    from methods import coreset_features as cf
+
+    data = make_classdata(4, 12, 1, 8)
+    config = cf.FeatureNetConfig(feature_net="ConvNetW32", feature_epochs=2, feature_batch=10)
+    net_c, _, hist_c = cf.train_feature_net_tracked(data, 3, config, device=torch.device("cpu"), compile="on")
+    assert mc.STATS.graphs >= 1 and mc.STATS.recompiles == 0
+    net_e, _, hist_e = cf.train_feature_net_tracked(data, 3, config, device=torch.device("cpu"), compile="off")
+    for p_c, p_e in zip(net_c.parameters(), net_e.parameters()):
+        torch.testing.assert_close(p_c, p_e, **AOT_TOL)
+    # 48 images in minibatches of 10: the padded last minibatch records its 8 real images only
+    assert hist_c.shape == hist_e.shape == (2, 48)
+    assert torch.equal(hist_c, hist_e)
+    graphs = mc.STATS.graphs
+    emb_c = cf.embeddings(net_c, data.images, batch_size=16, compile=True)
+    assert mc.STATS.graphs == graphs + 1
+    torch.testing.assert_close(emb_c, cf.embeddings(net_c, data.images, batch_size=16), **AOT_TOL)

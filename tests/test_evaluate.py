@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import pytest
 import torch
@@ -237,3 +238,39 @@ def test_dc_rotate_fills_with_mean_and_noise_is_small():
 def test_dc_augment_rejects_unknown_ops():
     with pytest.raises(ValueError, match="unknown DC augmentation op"):
         DCAugment("crop_blur")
+
+
+def test_long_training_logs_a_heartbeat_within_each_network(monkeypatch, caplog):
+    """A network whose training outlasts the heartbeat interval says where it is in the job log
+    (pass and images) instead of staying silent until it is tested."""
+    from benchmarks import eval_networks
+    from methods import training
+
+    class Every(training.Heartbeat):
+        def __init__(self, say, every_s=30.0):
+            super().__init__(say, every_s=0.0)
+
+    monkeypatch.setattr(eval_networks, "Heartbeat", Every)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 1, 8, 8, generator=g), torch.arange(20) % 4
+    with caplog.at_level(logging.INFO, logger="benchmarks.evaluate"):
+        eval_networks.train_and_test(x, y, x, y, "ConvNetW32", num_classes=4, channel=1, im_size=(8, 8), epochs=2,
+                                     seed=0, net_index=1, augment=None, device="cpu", batch_size=8)
+    beats = [r.getMessage() for r in caplog.records if "pass" in r.getMessage()]
+    # 3 passes (E + 1) x 3 minibatches, one line each with interval 0
+    assert len(beats) == 9
+    assert beats[0].startswith("ConvNetW32 network 2: pass 1/3 (8/20 images)")
+    assert beats[-1].startswith("ConvNetW32 network 2: pass 3/3 (20/20 images)")
+
+
+def test_heartbeat_speaks_only_after_its_interval():
+    from methods.training import Heartbeat
+
+    said = []
+    hb = Heartbeat(said.append, every_s=3600)
+    hb.beat(lambda: "early")
+    assert said == []
+    hb.last -= 3600
+    hb.beat(lambda: "due")
+    hb.beat(lambda: "again")
+    assert said == ["due"]
