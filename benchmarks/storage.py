@@ -13,6 +13,7 @@ This module imports torch only when a tensor is written or read.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -21,7 +22,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from benchmarks import UserError
 
@@ -200,33 +201,76 @@ def _cache_file_name(key: str) -> str:
     return f"{slug}-{digest}.pt"
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (waiting, with one log line, while another
+    process holds it); runs unlocked where the folder or filesystem cannot lock."""
+    import fcntl
+
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_path, "a+b")
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process computing %s (%s)", what, lock_path)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except OSError:  # no locks on this filesystem
+            pass
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
 def disk_cache(folder: str | os.PathLike) -> Callable[[str, Callable[[], dict]], dict]:
     """A ``cache(key, compute) -> dict`` for :attr:`methods.context.RunContext.cache`.
 
     The first call for ``key`` runs ``compute()`` and stores its dict of tensors/primitives in
     ``folder``; later calls (also from other processes) load it. An unreadable entry is logged,
     recomputed and overwritten. Values loaded from disk are on the CPU (callers move them to
-    their device). Concurrent writers of one key are safe: the last rename wins
-    and both wrote the same deterministic content."""
+    their device).
+
+    Concurrent callers of one key compute it once: the computing process holds an exclusive
+    ``flock`` on ``<entry>.lock`` and the others wait for it, then load its entry (cells of a
+    sweep that share herding's 20-epoch feature network start together on a cluster). The
+    kernel releases the lock of a process that dies, so a preempted job blocks nobody. Where the
+    filesystem refuses locks, each caller computes (same deterministic content; the last
+    rename wins)."""
     root = Path(folder)
 
-    def cache(key: str, compute: Callable[[], dict]) -> dict:
+    def load(path: Path, key: str) -> Optional[dict]:
         import torch
 
-        path = root / _cache_file_name(key)
-        if path.is_file():
-            try:
-                value = torch.load(path, map_location="cpu", weights_only=True)
-                if isinstance(value, dict):
-                    log.info("cache hit for %s (%s)", key, path)
-                    return value
-                log.warning("cache entry %s is not a dict; recomputing", path)
-            except Exception as exc:
-                log.warning("cache entry %s is unreadable (%s); recomputing", path, type(exc).__name__)
-        value = compute()
+        if not path.is_file():
+            return None
+        try:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            log.warning("cache entry %s is unreadable (%s); recomputing", path, type(exc).__name__)
+            return None
         if not isinstance(value, dict):
-            raise TypeError(f"cache compute for '{key}' must return a dict, got {type(value).__name__}")
-        atomic_torch_save(value, path)
+            log.warning("cache entry %s is not a dict; recomputing", path)
+            return None
+        log.info("cache hit for %s (%s)", key, path)
+        return value
+
+    def cache(key: str, compute: Callable[[], dict]) -> dict:
+        path = root / _cache_file_name(key)
+        value = load(path, key)
+        if value is not None:
+            return value
+        with _exclusive(path.with_name(path.name + ".lock"), key):
+            value = load(path, key)  # computed by the process we waited for
+            if value is not None:
+                return value
+            value = compute()
+            if not isinstance(value, dict):
+                raise TypeError(f"cache compute for '{key}' must return a dict, got {type(value).__name__}")
+            atomic_torch_save(value, path)
         return value
 
     cache.folder = root  # type: ignore[attr-defined]

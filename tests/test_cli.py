@@ -177,9 +177,35 @@ def test_disk_cache_computes_once_and_recovers_from_corruption(tmp_path):
     first = cache("features/digits/seed:0", compute)
     again = disk_cache(tmp_path / "cache")("features/digits/seed:0", compute)  # new process, same folder
     assert len(calls) == 1 and torch.equal(first["w"], again["w"])
-    (entry,) = list((tmp_path / "cache").iterdir())
+    (entry,) = list((tmp_path / "cache").glob("*.pt"))
     entry.write_bytes(b"junk")
     recomputed = cache("features/digits/seed:0", compute)
     assert len(calls) == 2 and torch.equal(recomputed["w"], torch.full((3,), 2.0))
     cache("other", compute)
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def _slow_compute_in_child(folder: str, log_file: str) -> float:
+    """Run in a spawned process: compute one key of a shared disk cache slowly, noting each
+    computation in ``log_file``; returns the value's entry."""
+    import time as _time
+
+    def compute():
+        with open(log_file, "a") as fh:
+            fh.write("computed\n")
+        _time.sleep(1.5)
+        return {"w": torch.full((2,), 7.0)}
+
+    return float(disk_cache(folder)("features/shared", compute)["w"][0])
+
+
+def test_disk_cache_computes_a_key_once_when_two_processes_ask_at_once(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    log_file = tmp_path / "computations.txt"
+    with ctx.Pool(2) as pool:
+        values = pool.starmap(_slow_compute_in_child, [(str(tmp_path / "cache"), str(log_file))] * 2)
+    assert values == [7.0, 7.0]
+    assert log_file.read_text().splitlines() == ["computed"]  # the second process waited and loaded
