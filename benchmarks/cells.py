@@ -82,6 +82,18 @@ class Cell:
     def is_whole(self) -> bool:
         return self.method == WHOLE
 
+    def set_key(self) -> str:
+        """What makes the cell's synthetic set: :func:`id_fields` without the evaluation
+        (``num_eval``, ``eval_epochs``, ``eval``). Cells with equal keys condense the same set
+        (e.g. DM evaluated with and without augmentation for the augmentation-robust score),
+        so the worker condenses it once and the others reuse it."""
+        fields = id_fields(dataset=self.dataset, ipc=self.ipc, method=self.method, overrides=self.overrides,
+                           seed=self.seed, iterations=self.iterations, num_eval=0, eval_epochs=None,
+                           train_arch=self.train_arch)
+        del fields["num_eval"], fields["eval_epochs"]
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
     def describe(self) -> str:
         ipc = "whole" if self.ipc is None else f"ipc={self.ipc}"
         return f"{self.dataset} {ipc} {self.label} seed={self.seed}"

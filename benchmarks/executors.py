@@ -612,7 +612,19 @@ def pid_alive(pid: int) -> bool:
 
 @register_executor("local")
 class LocalExecutor(Executor):
-    """One submitit local subprocess per cell, at most ``options.parallel`` of this run's at once."""
+    """One submitit local subprocess per cell, at most ``options.parallel`` of this run's at once.
+
+    With ``parallel`` > 1 the usable cores are split between the cells running at once (each
+    job sets its torch threads to cores // parallel, at least 1), unless ``OMP_NUM_THREADS`` is
+    set: N processes each using every core would oversubscribe the CPU and slow all of them."""
+
+    def cell_threads(self) -> Optional[int]:
+        """Torch threads of each cell's process (None: torch's default)."""
+        from benchmarks.workers import available_cores
+
+        if self.options.parallel <= 1 or os.environ.get("OMP_NUM_THREADS"):
+            return None
+        return max(1, available_cores() // self.options.parallel)
 
     def capacity(self, in_flight: Sequence[Submitted]) -> Optional[int]:
         return max(0, self.options.parallel - sum(1 for s in in_flight if not s.reattached))
@@ -636,7 +648,9 @@ class LocalExecutor(Executor):
         for cell, archs in items:
             executor = submitit.LocalExecutor(folder=self.store.logs_dir)
             executor.update_parameters(timeout_min=self.options.timeout_min)
-            job = executor.submit(make_job(self.store, sweep_name, cell, archs, self.options))
+            work = make_job(self.store, sweep_name, cell, archs, self.options)
+            work.threads = self.cell_threads()
+            job = executor.submit(work)
             self.store.write_job(cell.cell_id, job_id=str(job.job_id), executor=self.name, archs=archs,
                                  log_path=job_log_path(job))
             out.append(Submitted(cell, self.name, str(job.job_id), archs, job))

@@ -190,7 +190,8 @@ def train_expert(
             loss.backward()
             opt.step()
         snapshots.append(flat_parameters(net.parameters()).cpu())
-        log(f"expert {index}: epoch {epoch + 1}/{key.epochs} done, {time.perf_counter() - start:.0f} s")
+        heartbeat.beat(lambda: f"expert {index}: epoch {epoch + 1}/{key.epochs} done, "
+                               f"{time.perf_counter() - start:.0f} s")
         if on_epoch is not None and epoch + 1 < key.epochs:
             on_epoch(epoch + 1, {
                 "key": key.to_dict(), "index": int(index), "epoch": epoch + 1,

@@ -202,7 +202,7 @@ def _cache_file_name(key: str) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path, what: str) -> Iterator[None]:
+def exclusive_lock(lock_path: Path, what: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``lock_path`` (waiting, with one log line, while another
     process holds it); runs unlocked where the folder or filesystem cannot lock."""
     import fcntl
@@ -263,7 +263,7 @@ def disk_cache(folder: str | os.PathLike) -> Callable[[str, Callable[[], dict]],
         value = load(path, key)
         if value is not None:
             return value
-        with _exclusive(path.with_name(path.name + ".lock"), key):
+        with exclusive_lock(path.with_name(path.name + ".lock"), key):
             value = load(path, key)  # computed by the process we waited for
             if value is not None:
                 return value

@@ -157,6 +157,10 @@ class Store:
     def synset_digest_path(self, cell_id: str) -> Path:
         return self.root / "synsets" / f"{cell_id}.json"
 
+    def set_lock_path(self, set_key: str) -> Path:
+        """The lock a cell holds while it makes a synthetic set other cells may share."""
+        return self.root / "locks" / f"set-{set_key}.lock"
+
     def checkpoint_path(self, cell_id: str) -> Path:
         return self.root / "checkpoints" / f"{cell_id}.pt"
 

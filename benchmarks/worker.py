@@ -45,7 +45,7 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from benchmarks.record import Record, as_plan_dict, dataset_fields, method_fields, plan_from_result
-from benchmarks.storage import disk_cache
+from benchmarks.storage import disk_cache, exclusive_lock
 from benchmarks.store import Store, code_version
 from benchmarks.sweep import Cell, WHOLE
 
@@ -72,6 +72,7 @@ class CellJob(Checkpointable):
         checkpoint_every: int = 10,
         progress: bool = False,
         compile: str = "off",
+        threads: Optional[int] = None,
     ) -> None:
         self.store_root = str(store_root)
         self.cell = dict(cell)
@@ -83,6 +84,7 @@ class CellJob(Checkpointable):
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.compile = compile
+        self.threads = threads  # torch threads of the job's process (None: torch's default)
         self._context = None  # live RunContext while condensing (not pickled)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -91,6 +93,10 @@ class CellJob(Checkpointable):
         return state
 
     def __call__(self) -> dict[str, Any]:
+        if getattr(self, "threads", None):
+            import torch
+
+            torch.set_num_threads(int(self.threads))
         store = Store(self.store_root)
         cell = Cell.from_json(self.cell)
         try:
@@ -157,7 +163,10 @@ def run_cell(
 
     dev = resolve_device(device)
     gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    import torch
+
     _log(f"cell {cell.cell_id}: {cell.describe()} on {dev} (archs: {', '.join(archs)}"
+         + (f"; {torch.get_num_threads()} threads" if dev.type == "cpu" else "")
          + (f"; CUDA_VISIBLE_DEVICES={gpus})" if gpus is not None else ")"))
     dataset = load_dataset(cell.dataset, data_root=data_root, device=dev, download=download)
     synset = None
@@ -181,26 +190,38 @@ def run_cell(
                      "and re-evaluating every architecture")
                 store.delete_cell_results(cell.cell_id)
                 archs = list(cell.eval_archs)
+        reused_from = None
         if synset is None:
-            extra = {}
-            if on_context is not None and "on_context" in inspect.signature(run_condense).parameters:
-                extra["on_context"] = on_context
-            synset = run_condense(
-                cell.method, dict(cell.overrides), dataset, cell.ipc, cell.seed, device=dev,
-                iterations=cell.iterations, checkpoint_path=store.checkpoint_path(cell.cell_id),
-                checkpoint_every=checkpoint_every, cache_dir=store.cache_dir, progress=progress,
-                log=_log, experts_root=store.experts_root, compile=compile,
-                keep_at=cell.snapshots, keep_dir=store.snapshot_dir(cell.cell_id), **extra,
-            )
-            atomic_write_bytes(path, synset.to_bytes())
-            store.write_synset_digest(cell.cell_id)
-            store.checkpoint_path(cell.cell_id).unlink(missing_ok=True)
+            # one condensation per set: a cell whose set another cell makes too (only the
+            # evaluation differs) waits for it and copies its set instead of condensing again
+            with exclusive_lock(store.set_lock_path(cell.set_key()), f"the synthetic set of {cell.describe()}"):
+                synset, reused_from = _sibling_set(store, cell)
+                if synset is None:
+                    extra = {}
+                    if on_context is not None and "on_context" in inspect.signature(run_condense).parameters:
+                        extra["on_context"] = on_context
+                    synset = run_condense(
+                        cell.method, dict(cell.overrides), dataset, cell.ipc, cell.seed, device=dev,
+                        iterations=cell.iterations, checkpoint_path=store.checkpoint_path(cell.cell_id),
+                        checkpoint_every=checkpoint_every, cache_dir=store.cache_dir, progress=progress,
+                        log=_log, experts_root=store.experts_root, compile=compile,
+                        keep_at=cell.snapshots, keep_dir=store.snapshot_dir(cell.cell_id), **extra,
+                    )
+                    atomic_write_bytes(path, synset.to_bytes())
+                else:
+                    _log(f"reusing the synthetic set of cell {reused_from} (the same method, overrides, seed and "
+                         "budget; only the evaluation differs)")
+                    atomic_write_bytes(path, store.synset_path(reused_from).read_bytes())
+                store.write_synset_digest(cell.cell_id)
+                store.checkpoint_path(cell.cell_id).unlink(missing_ok=True)
         method_config = dict(synset.config)
         condense_cost = {
             "condense_wall_time_s": synset.cost.get("wall_time_s"),
             "condense_peak_memory_mb": synset.cost.get("peak_memory_mb"),
         }
         condense_cost.update({k: v for k, v in synset.cost.items() if k not in ("wall_time_s", "peak_memory_mb")})
+        if reused_from is not None:
+            condense_cost["set_reused_from"] = reused_from  # the cost is that cell's, paid once
     if synset is not None and synset.evaluation_problem() is not None:
         from methods.errors import SyntheticSetFormatError
 
@@ -235,6 +256,30 @@ def run_cell(
                              compile=compile, log=_log)
     store.clear_failure(cell.cell_id)
     return {"cell_id": cell.cell_id, "archs_written": written}
+
+
+def _sibling_set(store: Store, cell: Cell) -> tuple[Any, Optional[str]]:
+    """The sound stored set of another cell of the store with the same
+    :meth:`~benchmarks.cells.Cell.set_key` (and that cell's id), else (None, None)."""
+    from methods.errors import SyntheticSetFormatError
+    from methods.synset import SyntheticSet
+
+    try:
+        _, raw = store.read_cells()
+    except Exception:  # no cells.json (a hand-made store): nothing to share
+        return None, None
+    key = cell.set_key()
+    for other in raw:
+        other_id = other.get("cell_id")
+        if other_id == cell.cell_id or not store.synset_path(other_id).is_file():
+            continue
+        try:
+            if Cell.from_json(other).set_key() != key or store.synset_problem(other_id) is not None:
+                continue
+            return SyntheticSet.load(store.synset_path(other_id)), other_id
+        except (KeyError, TypeError, ValueError, SyntheticSetFormatError):
+            continue
+    return None, None
 
 
 def cell_record(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import UserError, executors, launcher, slurm_client, sweep_cli
+from benchmarks import UserError, executors, launcher, slurm_client, sweep_cli, worker
 from benchmarks.profile import ClusterProfile, IpcScaling, ProfileError, load_profile, resolve_profile_path
 from benchmarks.run_options import RunOptions
 from benchmarks.store import Store
@@ -402,6 +402,36 @@ def test_local_executor_runs_at_most_parallel_cells_of_its_own(tmp_path):
     assert local.capacity([theirs, theirs, mine]) == 1  # re-attached jobs do not count
 
 
+def test_local_executor_splits_the_cores_between_its_cells_unless_told(tmp_path, monkeypatch):
+    from benchmarks import workers
+
+    monkeypatch.setattr(workers, "available_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    store = Store(tmp_path / "s")
+    assert executors.LocalExecutor(store, RunOptions(executor="local", parallel=2)).cell_threads() == 4
+    assert executors.LocalExecutor(store, RunOptions(executor="local", parallel=3)).cell_threads() == 2
+    assert executors.LocalExecutor(store, RunOptions(executor="local", parallel=16)).cell_threads() == 1
+    assert executors.LocalExecutor(store, RunOptions(executor="local", parallel=1)).cell_threads() is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's own choice wins
+    assert executors.LocalExecutor(store, RunOptions(executor="local", parallel=2)).cell_threads() is None
+
+
+def test_a_cell_job_runs_with_its_thread_count(tmp_path, monkeypatch):
+    import torch
+
+    seen = []
+    monkeypatch.setattr(worker, "run_cell", lambda *a, **k: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    try:
+        cell = build_sweep(spec(tmp_path, methods=["random"], ipcs=[1], seeds=[0])).cells[0]
+        job = worker.CellJob(str(tmp_path), cell.to_json(), sweep_name="t", archs=["ConvNet"],
+                             data_root="data", threads=1)
+        job()
+        assert seen == [1]
+    finally:
+        torch.set_num_threads(before)
+
+
 # -- store consistency, corrupt sets, unwritable stores, cell ids ------------------------------
 
 
@@ -533,3 +563,30 @@ def test_a_refused_sbatch_leaves_no_pickles_and_no_note(tmp_path, monkeypatch):
         _slurm(store).submit(sw.name, [(c, ["ConvNet"]) for c in sw.cells])
     assert "change 'cpus_per_task'" in str(err.value)
     assert store.pending_submissions() == [] and not list(store.logs_dir.glob("*.pkl"))
+
+
+def test_cells_that_differ_only_in_evaluation_condense_their_set_once(tmp_path, monkeypatch):
+    from benchmarks import pipeline
+
+    calls = []
+    real_condense = pipeline.run_condense
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real_condense(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_condense", counting)
+    sw = build_sweep(spec(tmp_path, ipcs=[1], seeds=[0], budgets={"iterations": 1, "eval_epochs": 1}, methods=[
+        {"method": "dm", "label": "dm"}, {"method": "dm", "label": "dm [no aug]", "eval": {"augmentation": "none"}},
+        {"method": "dm", "label": "dm lr 2", "lr_img": 2.0}]))
+    logs = []
+    summary = launcher.run_sweep(sw, debug(sw), log=logs.append)
+    assert summary.done == 3
+    assert calls == ["dm", "dm"]  # the [no aug] cell reused the first set; another lr is another set
+    store = Store(sw.output)
+    first, no_aug, other = sw.cells
+    assert first.set_key() == no_aug.set_key() != other.set_key() and first.cell_id != no_aug.cell_id
+    assert store.synset_path(no_aug.cell_id).read_bytes() == store.synset_path(first.cell_id).read_bytes()
+    rec = json.loads(store.record_path(no_aug.cell_id, "ConvNet").read_text())
+    assert rec["cost"]["set_reused_from"] == first.cell_id
+    assert launcher.verify_store(store) == ([], [])
