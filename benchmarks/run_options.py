@@ -69,11 +69,13 @@ class RunOptions:
     @classmethod
     def from_sweep(cls, sweep: Any, **options: Any) -> "RunOptions":
         """Options for running ``sweep`` (a :class:`benchmarks.sweep.Sweep`): data root, device,
-        download and profile from the spec; ``timeout_min`` from the profile when it has one;
-        ``options`` (the command-line values) set or override any field."""
+        download and profile from the spec; ``options`` (the command-line values) set or
+        override any field. A ``local`` job's time limit stays :data:`DEFAULT_LOCAL_TIMEOUT_MIN`:
+        the profile's ``timeout_min`` is a SLURM queue's base limit (scaled per IPC by the
+        ``slurm`` executor), and on one's own machine it only killed long cells (a DC cell at the
+        paper's 1000 iterations runs ~5 h on one CPU core) and restarted them from their last
+        checkpoint."""
         base: dict[str, Any] = dict(data_root=Path(sweep.data_root), device=sweep.device, download=sweep.download,
                                     profile=sweep.profile, compile=getattr(sweep, "compile", "auto"))
-        if sweep.profile is not None:
-            base["timeout_min"] = sweep.profile.timeout_min
         base.update(options)
         return cls(**base)

@@ -264,9 +264,8 @@ def train_feature_net_tracked(
             loss_fn=recorder, forward=forward, on_step=beat,
         )
         acc = recorder.finish_epoch()
-        if log is not None:
-            log(f"feature network: epoch {ep + 1}/{epochs} done, training accuracy {100 * acc:.1f} %, "
-                f"{time.perf_counter() - start:.0f} s")
+        heartbeat.beat(lambda: f"feature network: epoch {ep + 1}/{epochs} done, training accuracy "
+                               f"{100 * acc:.1f} %, {time.perf_counter() - start:.0f} s")
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
     net.eval()
     figures = {"train_time_s": time.perf_counter() - start, "train_accuracy": float(acc)}

@@ -284,15 +284,16 @@ def test_run_options_are_built_once_from_the_flags_and_the_spec(tmp_path):
     options = sweep_cli.run_options(args, sw)
     assert options == RunOptions(executor="local", data_root=tmp_path / "d", device="cpu", download=True,
                                  checkpoint_every=4, progress=True, parallel=3, array_parallelism=5,
-                                 timeout_min=60, force=True, wait=False, poll_s=0.5, profile=sw.profile)
-    assert sw.profile.name == "cpu" and options.timeout_min == sw.profile.timeout_min
+                                 timeout_min=24 * 60, force=True, wait=False, poll_s=0.5, profile=sw.profile)
+    # a local job is not held to the profile's SLURM limit (60 min would kill a paper-budget cell)
+    assert sw.profile.name == "cpu" and sw.profile.timeout_min == 60 and options.timeout_min == 24 * 60
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.parallel = 9  # type: ignore[misc]
     defaults = sweep_cli.run_options(_run_args(), build_sweep(spec(tmp_path)))
     assert (defaults.executor, defaults.parallel, defaults.array_parallelism, defaults.checkpoint_every,
             defaults.progress, defaults.wait, defaults.force, defaults.profile) == ("slurm", 1, None, 10, False,
                                                                                   True, False, None)
-    assert defaults.timeout_min == 24 * 60  # no profile: the local executor's default limit
+    assert defaults.timeout_min == 24 * 60  # the local executor's default limit
     # the job a cell runs gets the run's options, nothing relayed by hand
     job = executors.make_job(Store(sw.output), sw.name, sw.cells[0], ["ConvNet"], options)
     assert (job.data_root, job.device, job.download, job.checkpoint_every, job.progress) == (
