@@ -671,11 +671,45 @@ class LocalExecutor(Executor):
         return "UNKNOWN" if s.job is None else str(s.job.state)
 
     def cancel(self, info: Mapping[str, Any]) -> bool:
+        """Stop a local job: SIGINT to its submitit controller (which stops its task), and where
+        that does not end it within :data:`LOCAL_CANCEL_GRACE_S` -- a launcher started in the
+        background by a script runs with SIGINT ignored, and so do its jobs -- SIGKILL to the
+        task processes, then to the controller. The cell resumes from its last checkpoint."""
         try:
-            os.kill(int(str(info["job_id"])), signal.SIGINT)
+            pid = int(str(info["job_id"]))
+            os.kill(pid, signal.SIGINT)
         except (ProcessLookupError, ValueError):
             return False
+        deadline = time.monotonic() + LOCAL_CANCEL_GRACE_S
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            for child in child_pids(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         return True
+
+
+LOCAL_CANCEL_GRACE_S = 3.0
+"""Seconds a cancelled local job gets to stop on SIGINT before it is killed."""
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from ``/proc``; empty where it cannot be read)."""
+    out = []
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[1] == str(pid):
+            out.append(int(entry.name))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -591,3 +591,30 @@ def test_cells_that_differ_only_in_evaluation_condense_their_set_once(tmp_path, 
     rec = json.loads(store.record_path(no_aug.cell_id, "ConvNet").read_text())
     assert rec["cost"]["set_reused_from"] == first.cell_id
     assert launcher.verify_store(store) == ([], [])
+
+
+def test_cancel_stops_a_local_job_whose_processes_ignore_sigint(tmp_path):
+    """A launcher started in the background by a script runs its local jobs with SIGINT ignored
+    (the submitit controller and its task): cancel must still stop both."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import signal, subprocess, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            "print(child.pid, flush=True); time.sleep(60)")
+    controller = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    task = int(controller.stdout.readline())
+    assert executors.child_pids(controller.pid) == [task]
+    local = executors.LocalExecutor(Store(tmp_path / "s"), RunOptions(executor="local"))
+    start = time.monotonic()
+    assert local.cancel({"job_id": str(controller.pid)})
+    controller.wait(timeout=10)
+    assert time.monotonic() - start < executors.LOCAL_CANCEL_GRACE_S + 5
+    deadline = time.monotonic() + 5
+    while executors.pid_alive(task) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not executors.pid_alive(task)
+    assert not local.cancel({"job_id": str(controller.pid)})  # gone: nothing to cancel
