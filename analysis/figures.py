@@ -140,7 +140,9 @@ def _panel_grid(n: int, max_cols: int = 3, height: float = 2.3) -> tuple[Figure,
 def accuracy_vs_ipc(results: Results, dataset: Optional[str] = None, eval_arch: Optional[str] = None) -> Figure:
     """One panel per dataset: mean accuracy vs IPC, one line per method, band = ± std.
 
-    The whole-dataset accuracy is a dashed horizontal line."""
+    The whole-dataset accuracy is a dashed horizontal line. A dataset run at a single IPC has
+    no axis to draw lines along: its panel is a horizontal bar per method (± std error bars,
+    in table order, the whole dataset as a dashed vertical line) and needs no legend."""
     runs = select_main_runs(results, eval_arch)
     if dataset is not None:
         runs = runs[runs["dataset"] == dataset.lower()]
@@ -158,6 +160,10 @@ def accuracy_vs_ipc(results: Results, dataset: Optional[str] = None, eval_arch: 
         for ax, d in zip(axes, datasets):
             rd = runs[runs["dataset"] == d]
             ipcs_all = sorted(int(i) for i in rd["ipc"].dropna().unique())
+            if len(ipcs_all) == 1:
+                _accuracy_bars(ax, rd, labels, lm, colours, others)
+                ax.set_title(f"{results.dataset_display(d)}, IPC {ipcs_all[0]}")
+                continue
             for i, lab in enumerate(labels):
                 g = rd[rd["label"] == lab]
                 if g.empty:
@@ -181,15 +187,52 @@ def accuracy_vs_ipc(results: Results, dataset: Optional[str] = None, eval_arch: 
             ax.set_title(results.dataset_display(d))
             ax.set_xlabel("Images per class")
             ax.set_ylabel("Test accuracy (%)")
-        handles, names = axes[0].get_legend_handles_labels()
-        seen = dict(zip(names, handles))
-        for ax in axes[1:]:
+        seen: dict[str, Any] = {}
+        for ax in axes:
             for h, n in zip(*ax.get_legend_handles_labels()):
                 seen.setdefault(n, h)
-        ncol = min(len(seen), 3 if len(datasets) == 1 else 5)
-        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=ncol, bbox_to_anchor=(0.5, 1.0))
+        if seen:
+            ncol = min(len(seen), 3 if len(datasets) == 1 else 5)
+            fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=ncol,
+                       bbox_to_anchor=(0.5, 1.0))
         fig.tight_layout()
     return fig
+
+
+def _accuracy_bars(ax: Any, rd: Any, labels: list[str], lm: LabelInfo, colours: Any,
+                   others: list[str]) -> None:
+    """The single-IPC panel of :func:`accuracy_vs_ipc`: one horizontal bar per set label."""
+    rows = []
+    whole = None
+    for lab in labels:
+        g = rd[rd["label"] == lab]
+        if g.empty:
+            continue
+        s = summarise(g["accuracy"])
+        if lm[lab] == WHOLE:
+            whole = (lm.display[lab], s.mean)
+            continue
+        rows.append((lm.display[lab], s, colour_for(lab, lm[lab], lab in lm.plain, colours, others)))
+    y = np.arange(len(rows))[::-1]  # first label on top
+    ax.barh(y, [r[1].mean for r in rows], xerr=[r[1].std for r in rows], color=[r[2] for r in rows],
+            height=0.7, error_kw={"elinewidth": 0.8, "capsize": 2}, zorder=2)
+    for yy, (_, s, _) in zip(y, rows):
+        inside = s.mean >= 20  # the value inside the bar's end, else after it
+        ax.text(s.mean - s.std - 1 if inside else s.mean + s.std + 1, yy, f"{s.mean:.1f}", va="center",
+                ha="right" if inside else "left", fontsize=7, color="white" if inside else "black", zorder=3)
+    ax.set_yticks(y)
+    ax.set_yticklabels([r[0] for r in rows])
+    if whole is not None:
+        ax.axvline(whole[1], color="#444444", ls="--", lw=0.9, zorder=1)
+        ax.set_xlabel(f"Test accuracy (%); dashed: {whole[0].lower()} {whole[1]:.1f}")
+    else:
+        ax.set_xlabel("Test accuracy (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.grid(axis="y", visible=False)
+    fig = ax.figure
+    if len(fig.axes) == 1:  # one panel: as tall as its rows need
+        fig.set_size_inches(fig.get_size_inches()[0], max(2.3, 0.2 * len(rows) + 0.9))
 
 
 # ----------------------------------------------------------------------------------------

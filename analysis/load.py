@@ -485,6 +485,8 @@ def _append_record(record: Record, label: str, store: Path, rpath: Path, sweep: 
     for key, value in sorted(cost.items()):
         if key not in COST_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
             rec[f"cost_{key}"] = float(value)
+    if isinstance(cost.get("set_reused_from"), str):  # the cell whose set this one copied
+        rec["cost_set_reused_from"] = cost["set_reused_from"]
     rec["runs"] = len(accs)
     rec["accuracy_mean"] = sum(accs) / len(accs)
     record_rows.append(rec)

@@ -406,6 +406,7 @@ def cost_frame(results: Results) -> pd.DataFrame:
                 "eval_peak_memory_mb": float(np.nanmax(g["cost_eval_peak_memory_mb"])) if g["cost_eval_peak_memory_mb"].notna().any() else np.nan,
                 "accuracy_mean": float(runs["accuracy"].mean()) if not runs.empty else np.nan,
                 "hardware": "; ".join(sorted(set(g["hardware"]))),
+                "set_reused": bool(REUSED in cells and cells[REUSED].notna().all()),
             }
         )
     df = pd.DataFrame(out)
@@ -417,6 +418,10 @@ def cost_frame(results: Results) -> pd.DataFrame:
     df["ipc"] = df["ipc"].astype("Int64")
     return df
 
+
+REUSED = "cost_set_reused_from"
+"""The cell whose stored set a cell copied instead of condensing it again (cells that differ
+only in their evaluation, ``benchmarks.worker``); its condense time is that cell's."""
 
 SHARED_STAGE = "feature network"
 """The stage several methods share through the run cache (herding, k-center and the forgetting
@@ -461,7 +466,7 @@ def cost_table(results: Results) -> Table:
             Cell(text=ipc, verbatim=True),
             Cell(text=r["_display"]),
             Cell(text=str(r["cells"]), verbatim=True),
-            Cell(text=fmt_time(r["condense_time_s"]), verbatim=True),
+            Cell(text=fmt_time(r["condense_time_s"]) + (" (shared)" if r["set_reused"] else ""), verbatim=True),
             Cell(text=fmt_mem(r["condense_peak_memory_mb"]), verbatim=True),
             Cell(text=fmt_time(r["eval_time_per_net_s"]), verbatim=True),
             Cell(text=fmt_mem(r["eval_peak_memory_mb"]), verbatim=True),
@@ -482,6 +487,11 @@ def cost_table(results: Results) -> Table:
     shared = shared_stage_note(df)
     if shared:
         notes.append(shared)
+    if df["set_reused"].any():
+        names = ", ".join(dict.fromkeys(str(n) for n in df.loc[df["set_reused"], "_display"]))
+        notes.append(f"(shared): {names} evaluate a set that another row's cell condensed (the same method, "
+                     "overrides, seed and budget; only the evaluation differs); its condensation ran once and "
+                     "its time is that cell's.")
     return Table(
         name="cost",
         caption="Cost of condensation and evaluation",

@@ -166,7 +166,7 @@ def run_cell(
     import torch
 
     _log(f"cell {cell.cell_id}: {cell.describe()} on {dev} (archs: {', '.join(archs)}"
-         + (f"; {torch.get_num_threads()} threads" if dev.type == "cpu" else "")
+         + (f"; {torch.get_num_threads()} thread(s)" if dev.type == "cpu" else "")
          + (f"; CUDA_VISIBLE_DEVICES={gpus})" if gpus is not None else ")"))
     dataset = load_dataset(cell.dataset, data_root=data_root, device=dev, download=download)
     synset = None

@@ -702,3 +702,26 @@ def test_relabelling_the_spec_relabels_finished_records(tmp_path):
     (root / "cells.json").write_text(json.dumps(cells))
     labels = set(load_results([root]).runs["label"])
     assert "no disc." in labels and "w/o discrimination" not in labels
+
+
+def test_a_dataset_run_at_one_ipc_is_drawn_as_bars_per_set(results):
+    """accuracy vs IPC has no axis for one IPC: the panel becomes one bar per set (table order,
+    whole dataset as a dashed line named in the axis label) and the figure needs no legend."""
+    import copy
+
+    from analysis import figures as F
+
+    one = copy.copy(results)
+    keep = results.runs["ipc"].isna() | (results.runs["ipc"] == 1)
+    one.runs = results.runs[keep & (results.runs["dataset"] == "cifar10")]
+    fig = F.accuracy_vs_ipc(one)
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    sets = one.runs[one.runs["method"] != "whole"]
+    assert len(ax.patches) == len(labels) == sets["label"].nunique()
+    assert ax.get_title().endswith("IPC 1") and "dashed: whole dataset" in ax.get_xlabel()
+    assert not fig.legends
+    # bar lengths are the mean accuracies, the first label on top
+    means = {lab: g["accuracy"].mean() for lab, g in sets.groupby("label")}
+    widths = sorted(round(p.get_width(), 6) for p in ax.patches)
+    assert widths == sorted(round(v, 6) for v in means.values())

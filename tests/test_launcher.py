@@ -591,6 +591,14 @@ def test_cells_that_differ_only_in_evaluation_condense_their_set_once(tmp_path, 
     rec = json.loads(store.record_path(no_aug.cell_id, "ConvNet").read_text())
     assert rec["cost"]["set_reused_from"] == first.cell_id
     assert launcher.verify_store(store) == ([], [])
+    # the cost table shows the condensation once: the reusing row says (shared)
+    from analysis.load import load_results
+    from analysis.tables import cost_table
+
+    cost = cost_table(load_results([store.root]))
+    shared = {r[2].text: r[4].text.endswith("(shared)") for r in cost.rows}
+    assert shared == {"DM": False, "dm [no aug]": True, "dm lr 2": False}
+    assert any(n.startswith("(shared): dm [no aug] evaluate a set") for n in cost.notes)
 
 
 def test_cancel_stops_a_local_job_whose_processes_ignore_sigint(tmp_path):
