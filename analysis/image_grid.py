@@ -183,6 +183,8 @@ def image_grid(
         names = _class_names(d, syn.num_classes, syn.class_names)
         h = int(syn.images.shape[2])
         panels.append((lab, mosaic, [names[k] for k in rows], h))
+    if ipc == 1:
+        return _one_image_per_class(results, d, panels, lm)
     with paper_style():
         ncls = max(len(p[2]) for p in panels)
         cols = max(p[1].shape[1] for p in panels)
@@ -219,4 +221,44 @@ def image_grid(
             ax.set_title(textwrap.fill(lm.display[lab], title_chars), fontsize=7)
             ax._condbench_mosaic = mosaic  # the exact array shown, for tests
         fig.suptitle(f"{results.dataset_display(d)}, {ipc} image{'s' if ipc != 1 else ''} per class", fontsize=8)
+    return fig
+
+
+def _one_image_per_class(results: Results, dataset: str, panels: list, lm: Any) -> Figure:
+    """IPC 1: one row per set (the method named on the left), one column per class (named
+    above the first row): a column of single tiles per method would waste the page's width."""
+    rows = []
+    for lab, mosaic, names, h in panels:  # the class-per-row mosaic, one tile wide
+        tiles = [mosaic[r * (h + 1): r * (h + 1) + h] for r in range(len(names))]
+        gap = np.ones((h, 1, mosaic.shape[2]))
+        strip = np.concatenate([t if i == 0 else np.concatenate([gap, t], axis=1) for i, t in enumerate(tiles)],
+                               axis=1)
+        rows.append((lab, strip, names, h))
+    with paper_style():
+        ncls = max(len(r[2]) for r in rows)
+        label_in = 0.12 + 0.05 * max(len(lm.display[r[0]]) for r in rows)
+        tile_in = min(TILE_IN_LARGE, (TEXT_WIDTH_IN - label_in) / max(ncls, 1))
+        fig_w = min(TEXT_WIDTH_IN, label_in + tile_in * ncls + 0.1)
+        fig_h = 0.55 + len(rows) * (tile_in + 0.04)
+        fig, axes = plt.subplots(len(rows), 1, figsize=(fig_w, fig_h), squeeze=False, layout="constrained")
+        for i, (ax, (lab, strip, names, h)) in enumerate(zip(axes[:, 0], rows)):
+            ax.grid(False)
+            if strip.shape[2] == 1:
+                ax.imshow(strip[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(strip, interpolation="nearest")
+            ax.set_yticks([])
+            ax.set_ylabel(lm.display[lab], rotation=0, ha="right", va="center", fontsize=7)
+            if i == 0:
+                ax.xaxis.tick_top()
+                ax.set_xticks([c * (h + 1) + h / 2 - 0.5 for c in range(len(names))])
+                ax.set_xticklabels(names, fontsize=6, rotation=0 if max(len(n) for n in names) <= 3 else 45,
+                                   ha="center" if max(len(n) for n in names) <= 3 else "left")
+            else:
+                ax.set_xticks([])
+            ax.tick_params(length=0, pad=1.5)
+            for side in ("top", "right", "left", "bottom"):
+                ax.spines[side].set_visible(False)
+            ax._condbench_mosaic = strip  # the exact array shown, for tests
+        fig.suptitle(f"{results.dataset_display(dataset)}, 1 image per class", fontsize=8)
     return fig

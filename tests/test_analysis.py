@@ -725,3 +725,22 @@ def test_a_dataset_run_at_one_ipc_is_drawn_as_bars_per_set(results):
     means = {lab: g["accuracy"].mean() for lab, g in sets.groupby("label")}
     widths = sorted(round(p.get_width(), 6) for p in ax.patches)
     assert widths == sorted(round(v, 6) for v in means.values())
+
+
+def test_one_image_per_class_is_drawn_as_one_row_per_set(store_with_synsets):
+    """IPC 1: one row per set (method named left), the classes across, class names above the
+    first row only; each row shows exactly the set's images, class c at column c."""
+    from analysis.image_grid import image_grid
+
+    fig = image_grid(load_results([store_with_synsets]), dataset="cifar10", ipc=1)
+    axes = fig.axes
+    assert [ax.get_ylabel() for ax in axes] == ["Random", "DC", "CAFE"]
+    assert [t.get_text() for t in axes[0].get_xticklabels()][:2] == ["airplane", "automobile"]
+    assert all(not ax.get_xticks().size for ax in axes[1:])
+    x = known_images(10, 1, 3, 8, seed=1)  # the sets' images (seed = ipc in _write_synsets)
+    strip = np.asarray(axes[1].get_images()[0].get_array())
+    assert strip.shape == (8, 10 * 9 - 1, 3)
+    for c in (0, 4, 9):
+        np.testing.assert_allclose(strip[:, c * 9: c * 9 + 8, :], x[c].transpose(1, 2, 0), atol=1e-6)
+    w, h = fig.get_size_inches()
+    assert w > 2 * h  # a wide strip per set, not a column of single tiles
