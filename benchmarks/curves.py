@@ -41,6 +41,7 @@ write each point as soon as it is computed.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -203,6 +204,7 @@ def run_curves(
     device: Optional[str] = None,
     compile: Optional[str] = None,
     progress: bool = False,
+    running: bool = False,
     log: Callable[[str], None] = print,
 ) -> CurveSummary:
     """The ``curve`` command: evaluate the kept states of the store's cells (or of ``cells``,
@@ -210,7 +212,9 @@ def run_curves(
     ``compile`` default to the spec the store was run with (``spec.yaml``; relative paths from
     the current folder), else ``data``, ``auto`` and ``auto``. :class:`UserError` for a store
     or cell that does not exist, or a bad ``num_eval``; a cell with kept states but no final
-    set yet is named in the log and left for later."""
+    set yet is named in the log and left for later -- unless ``running``: then its set at the
+    earliest kept iteration N is rebuilt by resuming that state with a budget of N
+    (:func:`set_from_state`) and serves as the template of every point."""
     from methods.errors import SyntheticSetFormatError
     from methods.synset import SyntheticSet
 
@@ -245,9 +249,9 @@ def run_curves(
         missing = [n for n in kept if any(not store.has_curve_record(cell.cell_id, a, n) for a in wanted)]
         if not missing:
             continue
-        if not store.synset_path(cell.cell_id).is_file():
+        if not store.synset_path(cell.cell_id).is_file() and not running:
             log(f"cell {cell.cell_id} ({cell.describe()}): {len(missing)} kept state(s) but no final synthetic set "
-                "yet (still running?); run this command again when the cell is done")
+                "yet (still running?); run this command again when the cell is done, or add --running")
             continue
         work.append((cell, missing))
     if not work:
@@ -256,24 +260,70 @@ def run_curves(
         return summary
     datasets: dict[str, Any] = {}
     for cell, missing in work:
-        problem = store.synset_problem(cell.cell_id)
-        try:
-            synset = SyntheticSet.load(store.synset_path(cell.cell_id)) if problem is None else None
-        except SyntheticSetFormatError as exc:
-            problem, synset = str(exc), None
+        if cell.dataset not in datasets:
+            datasets[cell.dataset] = load_dataset(cell.dataset, data_root=data_root, device=dev)
+        if not store.synset_path(cell.cell_id).is_file():  # running: the template from a kept state
+            try:
+                synset, problem = set_from_state(store, cell, datasets[cell.dataset], min(missing), device=dev,
+                                                 compile=compile, log=log), None
+            except UserError as exc:
+                synset, problem = None, str(exc)
+            if synset is None:
+                line = f"cell {cell.cell_id}: its set cannot be rebuilt from a kept state ({problem})"
+                summary.skipped.append(line)
+                log(line)
+                continue
+        else:
+            problem = store.synset_problem(cell.cell_id)
+            try:
+                synset = SyntheticSet.load(store.synset_path(cell.cell_id)) if problem is None else None
+            except SyntheticSetFormatError as exc:
+                problem, synset = str(exc), None
         if synset is None:
             line = f"cell {cell.cell_id}: its final synthetic set is unusable ({problem}); run the sweep again first"
             summary.skipped.append(line)
             log(line)
             continue
         log(f"cell {cell.cell_id} ({cell.describe()}): evaluating kept iteration(s) {', '.join(map(str, missing))}")
-        if cell.dataset not in datasets:
-            datasets[cell.dataset] = load_dataset(cell.dataset, data_root=data_root, device=dev)
         one = evaluate_kept_states(store, cell, synset, datasets[cell.dataset], sweep_name=sweep_name, archs=archs,
                                    num_eval=num_eval, device=dev, progress=progress, compile=compile, log=log)
         summary.written += one.written
         summary.skipped += one.skipped
     return summary
+
+
+def set_from_state(store: Store, cell: Cell, dataset: Any, iteration: int, *, device: Any, compile: str = "off",
+                   log: Callable[[str], None] = print) -> Any:
+    """The set of a cell that is still condensing, at its kept ``iteration``: the method resumes
+    a copy of that kept state with a budget of exactly ``iteration``, so its loop ends at once
+    and packages the set as a finished run would (labels, plan, learned tensors). The config
+    then names the cell's own budget. A method whose schedule depends on the budget (CAFE)
+    refuses the state (:class:`UserError`): its points wait for the final set."""
+    import shutil
+    import tempfile
+
+    from benchmarks.pipeline import run_condense
+    from methods.errors import MethodError
+
+    if cell.method == "whole":
+        raise CurveError("the whole-dataset baseline keeps no states")
+    with tempfile.TemporaryDirectory(prefix="condbench-curve-") as tmp:
+        ckpt = Path(tmp) / "state.pt"
+        shutil.copyfile(store.snapshot_path(cell.cell_id, iteration), ckpt)
+        try:
+            synset = run_condense(cell.method, dict(cell.overrides), dataset, cell.ipc, cell.seed, device=device,
+                                  iterations=int(iteration), checkpoint_path=ckpt, cache_dir=store.cache_dir,
+                                  experts_root=store.experts_root, compile=compile, log=lambda msg: None)
+        except (MethodError, UserError) as exc:
+            raise CurveError(f"{cell.method} does not resume its state of iteration {iteration} with a budget of "
+                             f"{iteration} ({str(exc).splitlines()[0]}); its points wait for the final set: run "
+                             "this command again when the cell is done") from None
+    budget = cell.iterations if cell.iterations is not None else synset.config.get("iterations")
+    if "iterations" in synset.config and budget is not None:
+        synset.config = {**synset.config, "iterations": int(budget)}
+    log(f"cell {cell.cell_id} ({cell.describe()}): still condensing; its set rebuilt from the state kept at "
+        f"iteration {iteration}")
+    return synset
 
 
 def _arch(name: str) -> str:

@@ -91,6 +91,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     k.add_argument("--compile", choices=("auto", "on", "off"), default=None,
                    help="compiled evaluation hot paths (default: the spec's 'compile:', else auto)")
     k.add_argument("--progress", action="store_true", help="progress bars while evaluating")
+    k.add_argument("--running", action="store_true",
+                   help="also cells still condensing: their set at a kept iteration N is rebuilt by resuming that "
+                        "state with a budget of N (DC/DSA, DM, MTT, DATM; CAFE's budget-relative schedule waits "
+                        "for its final set)")
     k.set_defaults(func=cmd_curve)
 
 
@@ -220,7 +224,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
     store = Store(args.results)
     summary = run_curves(store, cells=args.cell, archs=args.archs, num_eval=args.num_eval, data_root=args.data_root,
-                         device=args.device, compile=args.compile, progress=args.progress,
+                         device=args.device, compile=args.compile, progress=args.progress, running=args.running,
                          log=lambda msg: print(msg, flush=True))
     if summary.written or summary.skipped:
         print(f"curve: {len(summary.written)} point(s) written to {store.curves_dir}"

@@ -226,3 +226,52 @@ def test_deleting_a_cells_results_deletes_its_kept_states_and_curve_records(tmp_
     store.delete_cell_results("abc")
     assert not store.snapshot_dir("abc").exists()
     assert [p.name for p in store.curves_dir.iterdir()] == ["abd__ConvNet__it000003.json"]
+
+
+def test_running_cells_get_their_points_from_the_kept_states_alone(swept, tmp_path, capsys):
+    """``curve --running``: a cell still condensing (no final set yet) gets the same points the
+    worker writes after it finishes -- its set at N is rebuilt by resuming the kept state with a
+    budget of N."""
+    tmp, _, store = swept
+    (cell,) = [Cell.from_json(c) for c in store.read_cells()[1]]
+    running = Store(tmp_path / "running")
+    shutil.copytree(store.root, running.root)
+    running.synset_path(cell.cell_id).unlink()  # as while the cell condenses
+    for n in (1, 2):
+        running.curve_path(cell.cell_id, "ConvNet", n).unlink()
+    capsys.readouterr()
+    assert sweep_cli.main(["curve", str(running.root), "--data-root", str(tmp / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "no final synthetic set yet" in out and "add --running" in out  # the plain command leaves it
+    assert not running.curve_path(cell.cell_id, "ConvNet", 1).exists()
+    assert sweep_cli.main(["curve", str(running.root), "--running", "--data-root", str(tmp / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "still condensing; its set rebuilt from the state kept at iteration 1" in out
+    for n in (1, 2):
+        rebuilt, worker = _curve(running, cell.cell_id, n), _curve(store, cell.cell_id, n)
+        assert rebuilt["accuracies"] == worker["accuracies"]  # bit for bit: the same set and networks
+        assert rebuilt["method_config"] == worker["method_config"]  # names the cell's budget, not N
+        assert rebuilt["iterations"] == n
+
+
+def test_running_cafe_points_wait_for_the_final_set(tmp_path):
+    """CAFE's lr schedule is relative to its budget: its kept state refuses a resume with
+    another budget, so --running names the problem instead of a point."""
+    from benchmarks.curves import run_curves
+
+    spec = dict(BASE, name="c", output=str(tmp_path / "out"), eval_archs=["ConvNet"], num_eval=1,
+                budgets={"eval_epochs": 1}, methods=[{"method": "cafe", "budgets": {"iterations": 3}, "snapshots": [1],
+                                                      "model": "ConvNetW32", "batch_real": 4, "probe_per_class": 4,
+                                                      "max_loop_steps": 2}])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    assert sweep_cli.main(["run", str(path), "--executor", "debug"]) == 0
+    store = Store(tmp_path / "out")
+    (cell,) = [Cell.from_json(c) for c in store.read_cells()[1]]
+    store.synset_path(cell.cell_id).unlink()
+    store.curve_path(cell.cell_id, "ConvNet", 1).unlink()
+    lines = []
+    summary = run_curves(store, running=True, data_root=str(tmp_path / "data"), log=lines.append)
+    assert not summary.written and len(summary.skipped) == 1
+    assert "cannot be rebuilt from a kept state (cafe does not resume its state of iteration 1 with a budget of 1" \
+        in summary.skipped[0] and "budget 3" in summary.skipped[0] and "when the cell is done" in summary.skipped[0]
