@@ -23,6 +23,12 @@ TARGETS = {
     "dsa": ("speedup >= 1.0x", lambda r: r["speedup"] >= 1.0),
     "dm": ("speedup >= 1.0x", lambda r: r["speedup"] >= 1.0),
     "eval": ("speedup >= 1.3x (20 networks incl. test pass)", lambda r: r["speedup"] >= 1.3),
+    # the compiled paths' targets (compiled vs the reference structure, in one run)
+    "eval_compiled": ("speedup >= 2.5x", lambda r: r["speedup"] >= 2.5),
+    "cafe_compiled": ("speedup >= 3x", lambda r: r["speedup"] >= 3.0),
+    "dm_compiled": ("speedup >= 1.5x", lambda r: r["speedup"] >= 1.5),
+    "feature_compiled": ("speedup >= 1.5x", lambda r: r["speedup"] >= 1.5),
+    "workers": ("speedup >= 1.6x (2 workers on 2 cores)", lambda r: r["speedup"] >= 1.6),
 }
 
 

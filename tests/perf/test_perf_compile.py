@@ -256,6 +256,32 @@ def test_inner_epochs_compiled(benchmark, device, ipc):
               notes=f"{epochs} epochs per call")
 
 
+def test_feature_net_epoch_compiled(benchmark, device):
+    """One epoch of the coresets' feature network (herding, k-center, forgetting) on a slice of
+    a full training set: the path ``methods.coreset_features`` compiles, against the reference
+    structure (a DataLoader per epoch) and our eager epoch."""
+    channel, size = SHAPES[_GREY]
+    n = 512 if QUICK else int(os.environ.get("CONDBENCH_PERF_FEATURE_IMAGES", "2560"))
+    net = get_network(MODEL, channel, 10, (size, size), seed=0, device=device)
+    images = torch.randn(n, channel, size, size, generator=torch.Generator().manual_seed(5)).to(device)
+    labels = (torch.arange(n, device=device) % 10)
+    opt = sgd(net.parameters(), 0.01, momentum=0.9, weight_decay=0.0005)
+    g = {k: torch.Generator().manual_seed(6) for k in ("ref", "eager", "compiled")}
+    fwd = mc.compiled(net, enabled=True, batch=256)
+
+    def reference():
+        train_epoch_reference(net, images, labels, opt, g["ref"])
+
+    def ours(side, forward):
+        def run():
+            train_epoch(net, images, labels, opt, batch_size=256, generator=g[side], forward=forward)
+        return run
+
+    three_way(benchmark, group="feature-network epoch", case=f"10cl {_GREY}, {n} images", reference=reference,
+              eager=ours("eager", None), compiled_fn=ours("compiled", fwd), device=device, target="feature_compiled",
+              notes="batch 256, SGD momentum 0.9 (the herding/k-center/forgetting feature network)")
+
+
 @pytest.mark.parametrize("ipc", [1, 10])
 def test_evaluation_workers(benchmark, device, ipc):
     """``workers=2`` (threads split) against one process using every thread (20 networks)."""
