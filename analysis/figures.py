@@ -179,24 +179,34 @@ def accuracy_vs_ipc(results: Results, dataset: Optional[str] = None, eval_arch: 
                 sd = np.array([p[1].std for p in pts])
                 ax.plot(x, m, marker=MARKERS[i % len(MARKERS)], color=colour, label=lm.display[lab], zorder=3)
                 ax.fill_between(x, m - sd, m + sd, color=colour, alpha=0.18, lw=0, zorder=2)
-            if ipcs_all and ipcs_all[-1] / max(ipcs_all[0], 1) >= 10:
-                ax.set_xscale("log")
-            ax.set_xticks(ipcs_all)
-            ax.set_xticklabels([str(i) for i in ipcs_all])
-            ax.minorticks_off()
-            ax.set_title(results.dataset_display(d))
-            ax.set_xlabel("Images per class")
-            ax.set_ylabel("Test accuracy (%)")
-        seen: dict[str, Any] = {}
-        for ax in axes:
-            for h, n in zip(*ax.get_legend_handles_labels()):
-                seen.setdefault(n, h)
-        if seen:
-            ncol = min(len(seen), 3 if len(datasets) == 1 else 5)
-            fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=ncol,
-                       bbox_to_anchor=(0.5, 1.0))
+            _ipc_axis(ax, ipcs_all, results.dataset_display(d), "Test accuracy (%)")
+        _figure_legend(fig, axes, 3 if len(datasets) == 1 else 5)
         fig.tight_layout()
     return fig
+
+
+def _ipc_axis(ax: Any, ipcs: Sequence[int], title: str, ylabel: str) -> None:
+    """An IPC x axis (log scale when the IPCs span 10x or more, one tick per IPC), a title and
+    a y label."""
+    if ipcs and ipcs[-1] / max(ipcs[0], 1) >= 10:
+        ax.set_xscale("log")
+    ax.set_xticks(list(ipcs))
+    ax.set_xticklabels([str(i) for i in ipcs])
+    ax.minorticks_off()
+    ax.set_title(title)
+    ax.set_xlabel("Images per class")
+    ax.set_ylabel(ylabel)
+
+
+def _figure_legend(fig: Figure, axes: Sequence[Any], max_cols: int) -> None:
+    """One legend above the panels with every distinct entry of ``axes`` (none when empty)."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(n, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), max_cols),
+                   bbox_to_anchor=(0.5, 1.0))
 
 
 def _accuracy_bars(ax: Any, rd: Any, labels: list[str], lm: LabelInfo, colours: Any,
@@ -499,20 +509,8 @@ def gain_over_random(results: Results, dataset: Optional[str] = None, eval_arch:
                     ax.errorbar(gl["ipc"].astype(float), gl["IOR_mean"], yerr=gl["IOR_std"], color=colour,
                                 ls=styles.get(kind, "-"), marker=MARKERS[i % len(MARKERS)], capsize=1.5,
                                 elinewidth=0.6, label=name, zorder=3)
-            if ipcs and ipcs[-1] / max(ipcs[0], 1) >= 10:
-                ax.set_xscale("log")
-            ax.set_xticks(ipcs)
-            ax.set_xticklabels([str(i) for i in ipcs])
-            ax.minorticks_off()
-            ax.set_title(results.dataset_display(d))
-            ax.set_xlabel("Images per class")
-            ax.set_ylabel("Gain over random (pp)")
-        seen: dict[str, Any] = {}
-        for ax in axes:
-            for h, n in zip(*ax.get_legend_handles_labels()):
-                seen.setdefault(n, h)
-        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(len(seen), 3),
-                   bbox_to_anchor=(0.5, 1.0))
+            _ipc_axis(ax, ipcs, results.dataset_display(d), "Gain over random (pp)")
+        _figure_legend(fig, axes, 3)
         fig.tight_layout()
     return fig
 

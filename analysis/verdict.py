@@ -40,6 +40,7 @@ from typing import Any, Mapping, Optional
 import pandas as pd
 
 from analysis.load import WHOLE, Results
+from analysis.plans import plan_of
 from analysis.published import Published
 from analysis.render import Stat
 
@@ -81,18 +82,6 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _mapping(value: Any) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, str) and value:
-        try:
-            out = json.loads(value)
-        except json.JSONDecodeError:
-            return {}
-        return out if isinstance(out, dict) else {}
-    return {}
-
-
 def paper_budget(
     cell: Optional[Mapping[str, Any]],
     *,
@@ -111,10 +100,10 @@ def paper_budget(
     if cell is None:
         return Budget(False, "; ".join([*reasons, "cell not in cells.json (budget unknown)"]))
     whole = str(cell.get("method")) == WHOLE
-    variant = _mapping(variant_overrides)
+    variant = plan_of(variant_overrides)
     if variant and not whole:
         reasons.append(", ".join(f"{k}={_show(variant[k])}" for k in sorted(variant)))
-    config = _mapping(method_config)
+    config = plan_of(method_config)
     its = cell.get("iterations")
     if its is not None and not whole and "iterations" in config:
         if default_iterations is None:
@@ -124,7 +113,7 @@ def paper_budget(
     epochs = cell.get("eval_epochs")
     if epochs is not None:
         reasons.append(f"eval epochs {epochs}")
-    plan = _mapping(cell.get("eval"))
+    plan = plan_of(cell.get("eval"))
     if plan:
         reasons.append("eval " + ", ".join(f"{k}={_show(plan[k])}" for k in sorted(plan)))
     return Budget(not reasons, "; ".join(reasons))
@@ -142,7 +131,7 @@ def default_iterations(results: Results) -> dict[str, int]:
         spec = results.cell_specs.get((str(store), str(cid)))
         if spec is None or spec.get("iterations") is not None:
             continue
-        value = _mapping(cfg).get("iterations")
+        value = plan_of(cfg).get("iterations")
         if isinstance(value, int) and not isinstance(value, bool):
             counts = seen.setdefault(str(method), {})
             counts[value] = counts.get(value, 0) + 1

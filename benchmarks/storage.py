@@ -1,10 +1,11 @@
-"""File-backed storage for runs: the one atomic write, a checkpoint store and a tensor cache.
+"""File-backed storage for runs: a checkpoint store, a tensor cache, and the one atomic write.
 
-Every file the benchmarks layer writes goes through :func:`atomic_write_bytes` (JSON through the
-store, tensors through :func:`atomic_torch_save`): a uniquely named temp file in the target
-folder, written, flushed and ``fsync``'ed, then ``os.replace`` -- a preempted job, a full disk
-or two concurrent writers leave either the old file or the new one, never a partial file, and
-the temp file is removed when any step fails. A failed write is an ``OSError`` (a full disk is
+Every file the benchmarks layer writes goes through :func:`atomic_write_bytes` (re-exported from
+:mod:`methods.atomic_io`, which synthetic sets use too; JSON through the store, tensors through
+:func:`atomic_torch_save`): a uniquely named temp file in the target folder, written, flushed
+and ``fsync``'ed, then ``os.replace`` -- a preempted job, a full disk or two concurrent writers
+leave either the old file or the new one, never a partial file, and the temp file is removed
+when any step fails. A failed write is an ``OSError`` (a full disk is
 ``ENOSPC``, never torch's ``inline_container.cc`` error: tensors are serialised in memory
 first); :func:`write_problem` turns it into the one-line message users see. Reads use
 ``torch.load(weights_only=True)``: only tensors and primitives, never arbitrary pickles.
@@ -25,40 +26,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from benchmarks import UserError
+from methods.atomic_io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError):
     """A checkpoint file that exists but cannot be read."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and durably (see the module doc); the parent
-    folder is created. Raises ``OSError`` (the temp file removed) when any step fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def torch_bytes(obj: Any) -> bytes:

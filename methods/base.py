@@ -79,6 +79,11 @@ class Method(abc.ABC):
     ) -> SyntheticSet:
         """Condense ``real`` into ``ipc`` images per class; every draw seeded by ``seed``."""
 
+    def _selection(self, real: ClassData, ipc: int, seed: int, indices: Tensor, cost: dict[str, float]) -> SyntheticSet:
+        """:meth:`_synset` of a coreset: the training images at ``indices`` (class-major), their
+        labels and the indices themselves."""
+        return self._synset(real, ipc, seed, real.images[indices], real.labels[indices], cost, indices=indices)
+
     def _synset(
         self,
         real: ClassData,

@@ -450,12 +450,4 @@ class GreedyCoresetMethod(Method):
             chosen.append(idx[local])
         indices = torch.cat(chosen).to(real.device)
         figures["selection_time_s"] = time.perf_counter() - start
-        return self._synset(
-            real,
-            ipc,
-            seed,
-            real.images[indices],
-            real.labels[indices],
-            meter.figures(iterations=0, **figures),
-            indices=indices,
-        )
+        return self._selection(real, ipc, seed, indices, meter.figures(iterations=0, **figures))

@@ -173,12 +173,4 @@ class Forgetting(Method):
         figures["selection_time_s"] = time.perf_counter() - start
         figures["never_learned"] = float((~learned).sum())
         figures["unforgettable"] = float((learned & (events == 0)).sum())
-        return self._synset(
-            real,
-            ipc,
-            seed,
-            real.images[indices],
-            real.labels[indices],
-            meter.figures(iterations=0, **figures),
-            indices=indices,
-        )
+        return self._selection(real, ipc, seed, indices, meter.figures(iterations=0, **figures))

@@ -41,6 +41,4 @@ class RandomSelection(Method):
         meter = CostMeter(context.device)
         g = make_generator(seed)
         idx = torch.cat([real.sample_indices(c, ipc, g) for c in range(real.num_classes)])
-        return self._synset(
-            real, ipc, seed, real.images[idx], real.labels[idx], meter.figures(iterations=0), indices=idx
-        )
+        return self._selection(real, ipc, seed, idx, meter.figures(iterations=0))

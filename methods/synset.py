@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 import torch
 from torch import Tensor
 
+from methods.atomic_io import atomic_write_bytes
 from methods.errors import MethodError, SyntheticSetFormatError
 from methods.zca import ZCA
 
@@ -209,30 +208,16 @@ class SyntheticSet:
         return None
 
     def to_bytes(self) -> bytes:
-        """The file :meth:`save` writes, in memory (the benchmarks layer writes it through its
-        one atomic writer, ``benchmarks.storage.atomic_write_bytes``)."""
+        """The file :meth:`save` writes, in memory."""
         buffer = io.BytesIO()
         torch.save(self.to_dict(), buffer)
         return buffer.getvalue()
 
     def save(self, path: str | Path) -> Path:
-        """Write durably and atomically: serialised in memory, then a uniquely named temp file
-        in the target folder, fsync'ed and renamed, so a crash or a full disk never leaves half
-        a file nor a temp file (a failed write raises ``OSError``)."""
-        path = Path(path)
-        data = self.to_bytes()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write durably and atomically (:func:`methods.atomic_io.atomic_write_bytes`): a crash
+        or a full disk never leaves half a file nor a temp file (a failed write raises
+        ``OSError``)."""
+        return atomic_write_bytes(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> "SyntheticSet":
