@@ -1,5 +1,8 @@
 """Paper-style figures (matplotlib, Agg backend): PNG and PDF in one consistent style.
 
+Why ~600 lines: the four data figures share one style, colour map, label ordering and panel
+helpers; the image grid, which needs torch, is the one figure in its own module.
+
 Every figure is sized for a paper column (3.3 in wide per panel) with 8 pt text, so it stays
 readable when printed at column width. Colours follow the methods' registry order as the
 records carry it (a colour-blind-safe palette, one tone per method present), so a method has

@@ -1,5 +1,9 @@
 """Load one or several results stores into one tidy :class:`pandas.DataFrame`.
 
+Why ~550 lines: it is the one reader of the store's formats (records, curves, cells, failures)
+and the place that turns them into the frames every table uses; splitting the readers would
+split the schema checks they share.
+
 A results store is the folder written by the sweep runner (``benchmarks``)::
 
     <out>/spec.yaml                         the sweep spec as run

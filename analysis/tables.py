@@ -1,4 +1,8 @@
 """The paper tables of a loaded results store: main, cross-architecture and cost (the ablation
+
+Why ~530 lines: the main, cross-architecture and cost tables share the row ordering, the
+bold-best rule and the cell formatting; the other tables (ablation, scores, fidelity) have their
+own modules.
 table is :mod:`analysis.ablation`); :func:`build_table` picks one by name.
 
 Everything a table says about a method comes from the records (:mod:`analysis.load`): rows are

@@ -1,5 +1,10 @@
 """Datasets as condensation needs them: one normalised tensor on the device + per-class index.
 
+Why ~900 lines: every dataset's loader is registered beside its facts, and the loaders share
+the validation helpers (IDX parsing, the tensor-file checks TinyImageNet and ``tensor:`` files
+both use, the availability messages); a split would make those helpers cross-module private
+imports.
+
 Every built-in dataset is registered in :data:`DATASETS` by :func:`register_dataset`, a
 decorator on its loader function that also declares the dataset's static facts
 (:class:`DatasetInfo`: geometry, classes, mean/std, smallest class, display name, whether a

@@ -1,5 +1,8 @@
 """The launcher: run (or resume) a sweep, report every cell's status, cancel its jobs.
 
+Why ~500 lines: ``run``, ``status`` and ``cancel`` share the planning, recovery and job-state
+code that decides whether a cell is finished, active or to run.
+
 :func:`run_sweep` writes the expanded sweep into the store, splits the cells (:func:`plan`) into
 finished (every record present: skipped), active (a recorded job is still queued or running:
 re-attached, never submitted twice) and to run, submits the latter through the executor named
