@@ -627,7 +627,9 @@ class LocalExecutor(Executor):
         return max(1, available_cores() // self.options.parallel)
 
     def capacity(self, in_flight: Sequence[Submitted]) -> Optional[int]:
-        return max(0, self.options.parallel - sum(1 for s in in_flight if not s.reattached))
+        # local jobs run on this machine whoever started them: a re-attached one (an earlier
+        # launcher's, still running) takes a slot; re-attached SLURM jobs run elsewhere
+        return max(0, self.options.parallel - sum(1 for s in in_flight if not s.reattached or s.executor == self.name))
 
     def submit_stages(self, sweep_name: str, stages: Sequence[ExpertStage],
                       log: Callable[[str], None] = log_line) -> list[Submitted]:

@@ -400,7 +400,10 @@ def test_local_executor_runs_at_most_parallel_cells_of_its_own(tmp_path):
     mine = executors.Submitted(cell, "local", "1", ["ConvNet"])
     theirs = executors.Submitted(cell, "slurm", "2_0", ["ConvNet"], reattached=True)
     assert local.capacity([]) == 2 and local.capacity([mine]) == 1 and local.capacity([mine, mine]) == 0
-    assert local.capacity([theirs, theirs, mine]) == 1  # re-attached jobs do not count
+    assert local.capacity([theirs, theirs, mine]) == 1  # re-attached SLURM jobs run elsewhere
+    # an earlier launcher's local job still running on this machine takes a slot
+    earlier = executors.Submitted(cell, "local", "3", ["ConvNet"], reattached=True)
+    assert local.capacity([earlier]) == 1 and local.capacity([earlier, mine]) == 0
 
 
 def test_local_executor_splits_the_cores_between_its_cells_unless_told(tmp_path, monkeypatch):
