@@ -414,15 +414,15 @@ def cost_scatter(results: Results) -> Figure:
             ax.set_xscale("log")
             ax.set_xlabel(f"Condensation time per set (s, log; floor {MIN_TIME_S:g} s)")
             ax.set_ylabel("Test accuracy (%)")
-            ax.set_title(results.dataset_display(d))
+            ipcs = sorted(set(texts))
+            if len(ipcs) == 1:  # one IPC: the title says it, the points need no IPC labels
+                ax.set_title(f"{results.dataset_display(d)}, IPC {ipcs[0]}")
+                points, texts = [], []
+            else:
+                ax.set_title(results.dataset_display(d))
             ax.margins(x=0.15, y=0.12)
             to_label.append((ax, points, texts, notes))
-        seen: dict[str, Any] = {}
-        for ax in axes:
-            for h, n in zip(*ax.get_legend_handles_labels()):
-                seen.setdefault(n, h)
-        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center",
-                   ncol=min(len(seen), 2 * len(datasets)), bbox_to_anchor=(0.5, 1.0), handletextpad=0.2)
+        _figure_legend(fig, axes, 2 * len(datasets))
         fig.tight_layout()
         fig.canvas.draw()  # final limits and layout: the labels are placed in their printed positions
         for ax, points, texts, notes in to_label:
