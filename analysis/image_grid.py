@@ -206,11 +206,7 @@ def image_grid(
         for ax in flat[len(panels):]:
             ax.set_visible(False)
         for ax, (lab, mosaic, names, h) in zip(flat, panels):
-            ax.grid(False)
-            if mosaic.shape[2] == 1:
-                ax.imshow(mosaic[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            else:
-                ax.imshow(mosaic, interpolation="nearest")
+            _show(ax, mosaic)
             ax.set_xticks([])
             centres = [r * (h + 1) + h / 2 - 0.5 for r in range(len(names))]
             ax.set_yticks(centres)
@@ -222,6 +218,15 @@ def image_grid(
             ax._condbench_mosaic = mosaic  # the exact array shown, for tests
         fig.suptitle(f"{results.dataset_display(d)}, {ipc} image{'s' if ipc != 1 else ''} per class", fontsize=8)
     return fig
+
+
+def _show(ax: Any, mosaic: np.ndarray) -> None:
+    """Draw a mosaic in [0, 1] pixel for pixel (grey for one channel), without a grid."""
+    ax.grid(False)
+    if mosaic.shape[2] == 1:
+        ax.imshow(mosaic[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(mosaic, interpolation="nearest")
 
 
 def _one_image_per_class(results: Results, dataset: str, panels: list, lm: Any) -> Figure:
@@ -242,11 +247,7 @@ def _one_image_per_class(results: Results, dataset: str, panels: list, lm: Any) 
         fig_h = 0.55 + len(rows) * (tile_in + 0.04)
         fig, axes = plt.subplots(len(rows), 1, figsize=(fig_w, fig_h), squeeze=False, layout="constrained")
         for i, (ax, (lab, strip, names, h)) in enumerate(zip(axes[:, 0], rows)):
-            ax.grid(False)
-            if strip.shape[2] == 1:
-                ax.imshow(strip[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            else:
-                ax.imshow(strip, interpolation="nearest")
+            _show(ax, strip)
             ax.set_yticks([])
             ax.set_ylabel(lm.display[lab], rotation=0, ha="right", va="center", fontsize=7)
             if i == 0:
