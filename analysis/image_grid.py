@@ -1,4 +1,5 @@
-"""The synthetic-image grid figure: one panel per method, one row per class.
+"""The synthetic-image grid figure: one panel per method, one row per class (at IPC 1, one row
+per method with the classes across).
 
 Images are de-normalised with the set's own mean/std (:func:`denormalise`) and tiled by class
 (:func:`image_grid_array`); class names come from the set, else the standard datasets' names
