@@ -375,7 +375,9 @@ def cost_scatter(results: Results) -> Figure:
     one panel per dataset, IPC written beside each point (placed where it overlaps no other
     label or point). A stage several methods share through the run cache (the coresets'
     feature network) is taken out of their points and drawn once, as a dotted line labelled
-    with its one-time cost, so a cell that trained it and one that loaded it are comparable."""
+    with its one-time cost, so a cell that trained it and one that loaded it are comparable.
+    A row whose set another cell condensed (cells differing only in evaluation) is drawn hollow
+    at that cell's time, matching the cost table's "(shared)"."""
     df = cost_frame(results)
     df = df[df["condense_time_s"].notna() & df["accuracy_mean"].notna() & (df["_method"] != WHOLE)].copy()
     if df.empty:
@@ -399,7 +401,14 @@ def cost_scatter(results: Results) -> Figure:
                 if gl.empty:
                     continue
                 colour = colour_for(lab, lm[lab], lab in lm.plain, colours, others)
-                ax.scatter(gl["time_s"], gl["accuracy_mean"], color=colour, marker=MARKERS[i % len(MARKERS)], s=14, label=lm.display[lab], zorder=3, edgecolors="none")
+                marker = MARKERS[i % len(MARKERS)]
+                own, reused = gl[~gl["set_reused"]], gl[gl["set_reused"]]
+                ax.scatter(own["time_s"], own["accuracy_mean"], color=colour, marker=marker, s=14,
+                           label=lm.display[lab] if not own.empty else None, zorder=3, edgecolors="none")
+                # a set another row's cell condensed: its time is that cell's, drawn hollow
+                ax.scatter(reused["time_s"], reused["accuracy_mean"], facecolors="none", edgecolors=colour,
+                           marker=marker, s=14, linewidths=0.8, zorder=3,
+                           label=f"{lm.display[lab]} (shared set)" if not reused.empty else None)
                 for t, a, ipc in zip(gl["time_s"], gl["accuracy_mean"], gl["ipc"]):
                     points.append((t, a))
                     texts.append(str(int(ipc)))

@@ -602,6 +602,15 @@ def test_cells_that_differ_only_in_evaluation_condense_their_set_once(tmp_path, 
     shared = {r[2].text: r[4].text.endswith("(shared)") for r in cost.rows}
     assert shared == {"DM": False, "dm [no aug]": True, "dm lr 2": False}
     assert any(n.startswith("(shared): dm [no aug] evaluate a set") for n in cost.notes)
+    # the cost scatter draws that row hollow and its legend says so
+    from analysis.figures import cost_scatter
+
+    fig = cost_scatter(load_results([store.root]))
+    ax = fig.axes[0]
+    hollow = [c for c in ax.collections if len(c.get_offsets()) and not c.get_facecolors().any()]
+    assert [c.get_label() for c in hollow] == ["dm [no aug] (shared set)"]
+    filled = [c.get_label() for c in ax.collections if len(c.get_offsets()) and c.get_facecolors().any()]
+    assert sorted(filled) == ["DM", "dm lr 2"]
 
 
 def test_cancel_stops_a_local_job_whose_processes_ignore_sigint(tmp_path):
