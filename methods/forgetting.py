@@ -87,12 +87,19 @@ def forgetting_scores(correct: Tensor) -> Tensor:
 
 
 def forgetting_select(
-    scores: Tensor, k: int, *, keep: Literal["most", "least"], generator: torch.Generator
+    scores: Tensor,
+    k: int,
+    *,
+    keep: Literal["most", "least"],
+    generator: torch.Generator,
+    demote: Optional[Tensor] = None,
 ) -> Tensor:
     """Indices (LongTensor, selection order) of ``k`` of the ``n`` entries of ``scores`` with
     the largest (``keep='most'``) or smallest (``'least'``) scores. Ties keep the order of a
     random permutation drawn from ``generator`` (one ``randperm(n)``), so they are broken
-    randomly and reproducibly."""
+    randomly and reproducibly. ``demote`` (boolean, ``n``): those entries rank after every
+    other one, in the same order among themselves (``never_learned='last'``); ``None`` leaves
+    the ranking as it is."""
     if scores.ndim != 1:
         raise MethodError(f"forgetting scores must be a 1-D vector, got shape {tuple(scores.shape)}")
     n = scores.shape[0]
@@ -104,6 +111,11 @@ def forgetting_select(
         raise MethodError(f"keep must be 'most' or 'least', got {keep!r}")
     perm = torch.randperm(n, generator=generator)
     ranked = torch.sort(scores.cpu()[perm], descending=keep == "most", stable=True).indices
+    if demote is not None:
+        if demote.shape != scores.shape:
+            raise MethodError(f"demote must have the scores' shape {tuple(scores.shape)}, got {tuple(demote.shape)}")
+        last = demote.cpu().bool()[perm][ranked].to(torch.int8)
+        ranked = ranked[torch.sort(last, stable=True).indices]
     return perm[ranked[:k]].to(scores.device)
 
 
@@ -117,14 +129,22 @@ class ForgettingConfig(FeatureNetConfig):
       presentations, so ``feature_epochs`` must be at least 2.
     * ``keep``: ``'most'`` (default, DC's baseline: the most forgotten images, never-learned
       first) or ``'least'`` (the unforgettable end; an ablation).
+    * ``never_learned``: ``'infinite'`` (default, Toneva's convention: an image never correct
+      counts as forgotten infinitely often) or ``'last'`` (such images rank after every learned
+      one, at either end, and are chosen only when a class has fewer learned images than
+      ``ipc``). Where every class has at least ``ipc`` never-learned images, the default
+      selects only those (the README's fidelity section measures both on FashionMNIST).
     """
 
     keep: Literal["most", "least"] = "most"
+    never_learned: Literal["infinite", "last"] = "infinite"
 
     def problems(self) -> list[str]:
         problems = super().problems()
         if self.keep not in ("most", "least"):
             problems.append(f"keep must be 'most' or 'least', got {self.keep!r}")
+        if self.never_learned not in ("infinite", "last"):
+            problems.append(f"never_learned must be 'infinite' or 'last', got {self.never_learned!r}")
         if 0 <= self.feature_epochs < 2:
             problems.append(
                 f"the forgetting coreset needs feature_epochs >= 2 (a forgetting event compares "
@@ -167,7 +187,8 @@ class Forgetting(Method):
         chosen = []
         for c in range(real.num_classes):
             idx = real.indices_by_class[c].cpu()
-            local = forgetting_select(scores[idx], ipc, keep=self.config.keep, generator=generator)
+            demote = ~learned[idx] if self.config.never_learned == "last" else None
+            local = forgetting_select(scores[idx], ipc, keep=self.config.keep, generator=generator, demote=demote)
             chosen.append(idx[local])
         indices = torch.cat(chosen).to(real.device)
         figures["selection_time_s"] = time.perf_counter() - start

@@ -173,6 +173,34 @@ def test_condense_selects_per_class_by_the_recorded_history(monkeypatch):
         assert sorted(scores[picked].tolist()) == sorted(scores[members].tolist())[:3]
         assert firsts[c] not in picked.tolist()
 
+    # never_learned='last': the learned images with the most events, the never-learned one
+    # only when the class has too few learned images
+    last = get_method("forgetting", dict(TINY, never_learned="last")).condense(real, 3, seed=0)
+    for c in range(real.num_classes):
+        picked = last.indices[3 * c : 3 * c + 3]
+        members = real.indices_by_class[c]
+        learned_scores = sorted((scores[i].item() for i in members if int(i) != firsts[c]), reverse=True)
+        assert firsts[c] not in picked.tolist()
+        assert sorted(scores[picked].tolist(), reverse=True) == learned_scores[:3]
+    size = min(len(real.indices_by_class[c]) for c in range(real.num_classes))
+    full = get_method("forgetting", dict(TINY, never_learned="last")).condense(real, size, seed=0)
+    for c in range(real.num_classes):
+        assert full.indices[size * c + size - 1].item() == firsts[c]  # ranked after every learned image
+
+
+def test_demoted_entries_rank_last_at_either_end_and_the_rest_keeps_its_order():
+    scores = torch.tensor(EXPECTED, dtype=torch.float64)
+    demote = torch.isinf(scores)
+    for keep in ("most", "least"):
+        plain = forgetting_select(scores, 8, keep=keep, generator=make_generator(0))
+        moved = forgetting_select(scores, 8, keep=keep, generator=make_generator(0), demote=demote)
+        assert moved[-1].item() == 1
+        assert moved[:-1].tolist() == [i for i in plain.tolist() if i != 1]
+    assert torch.equal(forgetting_select(scores, 3, keep="most", generator=make_generator(0), demote=torch.zeros(8, dtype=torch.bool)),
+                       forgetting_select(scores, 3, keep="most", generator=make_generator(0)))
+    with pytest.raises(MethodError, match="demote must have the scores' shape"):
+        forgetting_select(scores, 3, keep="most", generator=make_generator(0), demote=torch.zeros(3, dtype=torch.bool))
+
 
 # ------------------------------------------------------------------ recording and the cache
 
@@ -304,6 +332,8 @@ def test_config_errors_name_the_field():
         get_method("forgetting", {"feature_epochs": 1})
     with pytest.raises(MethodError, match="keep"):
         get_method("forgetting", {"keep": "middle"})
+    with pytest.raises(MethodError, match="'never_learned' must be one of 'infinite', 'last'"):
+        get_method("forgetting", {"never_learned": "first"})
     with pytest.raises(MethodError, match="feature_batch"):
         get_method("forgetting", {"feature_batch": 0})
 
