@@ -54,6 +54,23 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def configure_job_logging() -> None:
+    """In a job process whose logging nobody configured, send INFO records (the evaluation's
+    per-network lines and heartbeats, data loading) to stdout in ``_log``'s format, so a job
+    log shows progress during minutes of evaluation. Does nothing where the root logger already
+    has a handler (the CLI's, pytest's), e.g. cells run in the launcher's own process."""
+    import logging
+
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
+    handler.addFilter(lambda record: not record.name.startswith("submitit"))  # it prints its own
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 
 
 class CellJob(Checkpointable):
@@ -93,6 +110,7 @@ class CellJob(Checkpointable):
         return state
 
     def __call__(self) -> dict[str, Any]:
+        configure_job_logging()
         if getattr(self, "threads", None):
             import torch
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -638,3 +639,21 @@ def test_cancel_stops_a_local_job_whose_processes_ignore_sigint(tmp_path):
         time.sleep(0.05)
     assert not executors.pid_alive(task)
     assert not local.cancel({"job_id": str(controller.pid)})  # gone: nothing to cancel
+
+
+def test_a_job_process_logs_evaluation_progress_to_stdout_once():
+    """A job process has no logging configured: the worker sends INFO lines (the evaluation's
+    per-network lines) to stdout in its own format, and submitit's lines are not doubled."""
+    import subprocess
+    import sys
+
+    code = ("import logging, submitit\n"
+            "from benchmarks.worker import configure_job_logging\n"
+            "configure_job_logging(); configure_job_logging()\n"
+            "logging.getLogger('benchmarks.evaluate').info('ConvNet network 1/4: 50.00 %')\n"
+            "logging.getLogger('submitit').info('from submitit')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).resolve().parents[1])).stdout.splitlines()
+    ours = [line for line in out if "ConvNet network 1/4" in line]
+    assert len(ours) == 1 and re.fullmatch(r"\[\d\d:\d\d:\d\d\] ConvNet network 1/4: 50\.00 %", ours[0])
+    assert len([line for line in out if "from submitit" in line]) == 1
