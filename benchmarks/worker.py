@@ -71,8 +71,6 @@ def configure_job_logging() -> None:
     root.setLevel(logging.INFO)
 
 
-
-
 class CellJob(Checkpointable):
     """Condense + evaluate one cell into the store (picklable; see module doc)."""
 
